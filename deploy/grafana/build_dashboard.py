@@ -1,0 +1,339 @@
+"""Generate the provisioned Grafana dashboard ``dashboards/saver-overview.json``.
+
+The JSON is generated rather than hand-edited so that every panel gets the same datasource, template
+variables, unit and description, and so that the queries live in one readable table. Re-run after an
+edit (``python deploy/grafana/build_dashboard.py``); tests/deploy checks that the committed file is
+up to date, that every query parses, and that it returns data from a real service.
+
+Queries use Grafana's ``$job``, ``$endpoint`` and ``$__rate_interval``. Latency quantiles are always
+``histogram_quantile`` over ``sum by (le, ...)`` of bucket rates: quantiles of the pooled distribution,
+never sums or averages of per-pod quantiles.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUTPUT = Path(__file__).resolve().parent / "dashboards" / "saver-overview.json"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+SEL = 'job=~"$job", endpoint=~"$endpoint"'  # label matchers every per-endpoint query starts with
+RI = "$__rate_interval"
+
+
+def _ratio(metric: str, numerator: str, by: str = "endpoint") -> str:
+    """Share of ``metric`` increments matching ``numerator``; 0 (not absent) when none matched yet."""
+    total = f"sum by ({by}) (rate({metric}{{{SEL}}}[{RI}]))"
+    part = f"sum by ({by}) (rate({metric}{{{SEL}, {numerator}}}[{RI}]))"
+    return f"({part} or {total} * 0) / {total}"
+
+
+def _quantile(q: float, metric: str, by: str) -> str:
+    return f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{{{SEL}}}[{RI}])))"
+
+
+UNIT_ACTIVATION = _ratio("saver_gate_units_total", 'decision="activated"')
+CALIBRATED = f"max by (endpoint) (saver_gate_calibrated_coverage{{{SEL}}})"
+
+
+@dataclass
+class Panel:
+    """One time-series (or table) panel; ``targets`` are (PromQL, legend) pairs."""
+
+    title: str
+    description: str
+    unit: str
+    targets: list[tuple[str, str]]
+    width: int = 12
+    kind: str = "timeseries"
+    thresholds: list[float] = field(default_factory=list)  # drawn as dashed lines (SLOs, tolerances)
+    max_value: float | None = None
+
+
+ROWS: list[tuple[str, list[Panel]]] = [
+    (
+        "Gate: activation against calibration",
+        [
+            Panel(
+                "Unit activation rate vs calibrated coverage",
+                "Share of units (candidate spans / entity pairs) the gate sent to vision, next to the "
+                "coverage measured on the calibration split. Under traffic like the calibration data the "
+                "two agree; a lasting gap is drift (alert SaverGateActivationDrift).",
+                "percentunit",
+                [(UNIT_ACTIVATION, "{{endpoint}} live"), (CALIBRATED, "{{endpoint}} calibrated")],
+                width=12,
+                max_value=1.0,
+            ),
+            Panel(
+                "Request activation rate",
+                "Share of requests with at least one activated unit, i.e. requests that fetched images. "
+                "The rest were answered from the text alone without any network or image work.",
+                "percentunit",
+                [(_ratio("saver_gate_requests_total", 'decision="activated"'), "{{endpoint}}")],
+                width=6,
+                max_value=1.0,
+            ),
+            Panel(
+                "Activation drift (live - calibrated)",
+                "Unit activation rate minus calibrated coverage, in points. The dashed lines are the alert "
+                "tolerance (±15 points over 1 h).",
+                "percentunit",
+                [(f"{UNIT_ACTIVATION} - on (endpoint) {CALIBRATED}", "{{endpoint}}")],
+                width=6,
+                thresholds=[-0.15, 0.15],
+            ),
+        ],
+    ),
+    (
+        "Latency",
+        [
+            Panel(
+                "Request latency P50 / P90 / P99",
+                "Quantiles of the request duration (queueing and image fetching included) per endpoint, "
+                "from the histogram pooled over all pods. Dashed: the 1 s P90 SLO.",
+                "s",
+                [
+                    (_quantile(q, "saver_request_duration_seconds", "endpoint"), f"{{{{endpoint}}}} p{p}")
+                    for q, p in ((0.5, 50), (0.9, 90), (0.99, 99))
+                ],
+                thresholds=[1.0],
+            ),
+            Panel(
+                "P90 per stage",
+                "90th percentile of each pipeline stage (queue, text_encode, gate, fetch, screen, select, "
+                "detail, fuse, total). Vision stages only see activated requests.",
+                "s",
+                [
+                    (
+                        _quantile(0.9, "saver_stage_duration_seconds", "endpoint, stage"),
+                        "{{endpoint}} {{stage}}",
+                    )
+                ],
+            ),
+        ],
+    ),
+    (
+        "Traffic",
+        [
+            Panel(
+                "Request rate by status",
+                "Requests per second answered by each endpoint, by HTTP status.",
+                "reqps",
+                [
+                    (
+                        f"sum by (endpoint, status) (rate(saver_requests_total{{{SEL}}}[{RI}]))",
+                        "{{endpoint}} {{status}}",
+                    )
+                ],
+                width=8,
+            ),
+            Panel(
+                "Error ratio (5xx)",
+                "Share of requests answered with a 5xx status (alert SaverHighErrorRate above 5%). "
+                "4xx (invalid input, 429 overload) are not counted as errors of the service.",
+                "percentunit",
+                [(_ratio("saver_requests_total", 'status=~"5.."'), "{{endpoint}}")],
+                width=8,
+                thresholds=[0.05],
+            ),
+            Panel(
+                "In-flight requests",
+                "Requests being served (queued or computing) per pod; the HorizontalPodAutoscaler keeps "
+                "the average per pod near its target.",
+                "short",
+                [('sum by (instance) (saver_inflight_requests{job=~"$job"})', "{{instance}}")],
+                width=8,
+            ),
+        ],
+    ),
+    (
+        "Vision",
+        [
+            Panel(
+                "Images per second: fetched / selected / cache hits",
+                "Images downloaded, images detail-encoded for at least one unit, and images whose screen "
+                "vector came from the URL-keyed cache, per second.",
+                "ops",
+                [
+                    (
+                        f"sum by (endpoint, outcome) (rate(saver_images_total{{{SEL}, "
+                        f'outcome=~"fetched|selected|cache_hit"}}[{RI}]))',
+                        "{{endpoint}} {{outcome}}",
+                    )
+                ],
+                width=8,
+            ),
+            Panel(
+                "Image failures and skips",
+                "Images that failed to fetch or decode, and images skipped (over the budget or not needed).",
+                "ops",
+                [
+                    (
+                        f"sum by (endpoint, outcome) (rate(saver_images_total{{{SEL}, "
+                        f'outcome=~"failed|skipped"}}[{RI}]))',
+                        "{{endpoint}} {{outcome}}",
+                    )
+                ],
+                width=8,
+            ),
+            Panel(
+                "Vision fallbacks by reason",
+                "Requests whose activated units answered text-only, by reason (budget_exceeded, "
+                "fetch_failed:<reason>, no_images).",
+                "reqps",
+                [
+                    (
+                        f"sum by (endpoint, reason) (rate(saver_vision_fallbacks_total{{{SEL}}}[{RI}]))",
+                        "{{endpoint}} {{reason}}",
+                    )
+                ],
+                width=8,
+            ),
+        ],
+    ),
+    (
+        "Model",
+        [
+            Panel(
+                "Loaded models",
+                "Identity of the served models: task, name, version, whether trained, gate threshold.",
+                "none",
+                [('max by (task, name, version, trained, threshold) (saver_model_info{job=~"$job"})', "")],
+                width=24,
+                kind="table",
+            ),
+        ],
+    ),
+]
+
+
+def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    defaults: dict[str, Any] = {
+        "unit": panel.unit,
+        "min": 0 if not panel.thresholds or min(panel.thresholds) >= 0 else None,
+    }
+    if panel.max_value is not None:
+        defaults["max"] = panel.max_value
+    defaults = {k: v for k, v in defaults.items() if v is not None}
+    if panel.thresholds:
+        defaults["custom"] = {"thresholdsStyle": {"mode": "dashed"}}
+        steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
+        steps += [{"color": "red", "value": t} for t in panel.thresholds]
+        defaults["thresholds"] = {"mode": "absolute", "steps": steps}
+    targets = [
+        {
+            "datasource": DATASOURCE,
+            "refId": chr(ord("A") + i),
+            "expr": expr,
+            "legendFormat": legend or "__auto",
+            **({"format": "table", "instant": True, "range": False} if panel.kind == "table" else {}),
+        }
+        for i, (expr, legend) in enumerate(panel.targets)
+    ]
+    options: dict[str, Any] = (
+        {"showHeader": True}
+        if panel.kind == "table"
+        else {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}}
+    )
+    return {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options,
+        "targets": targets,
+    }
+
+
+def _variable(name: str, label: str, query: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": {"query": query, "refId": f"{name}-values"},
+        "definition": query,
+        "refresh": 2,
+        "includeAll": True,
+        "allValue": ".+",
+        "multi": True,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
+
+
+def build_dashboard() -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    y = 0
+    next_id = 1
+    for row_title, row_panels in ROWS:
+        panels.append(
+            {
+                "id": next_id,
+                "type": "row",
+                "title": row_title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
+        next_id += 1
+        y += 1
+        x = 0
+        for panel in row_panels:
+            if x + panel.width > 24:
+                x, y = 0, y + 8
+            panels.append(_panel_json(panel, next_id, x, y))
+            next_id += 1
+            x += panel.width
+        y += 8
+    templating = [
+        {
+            "name": "datasource",
+            "label": "Data source",
+            "type": "datasource",
+            "query": "prometheus",
+            "current": {},
+            "refresh": 1,
+            "hide": 0,
+        },
+        _variable("job", "Job", "label_values(saver_requests_total, job)"),
+        _variable("endpoint", "Endpoint", 'label_values(saver_requests_total{job=~"$job"}, endpoint)'),
+    ]
+    return {
+        "uid": "saver-overview",
+        "title": "SAVER service",
+        "description": "Selective vision evidence: gate activation vs calibration, latency, traffic, images.",
+        "tags": ["saver", "inference"],
+        "timezone": "browser",
+        "editable": False,
+        "graphTooltip": 1,
+        "refresh": "30s",
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": templating},
+        "annotations": {"list": []},
+        "links": [],
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(build_dashboard(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    OUTPUT.write_text(render(), encoding="utf-8")
+    sys.stderr.write(f"wrote {OUTPUT}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

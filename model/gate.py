@@ -1,0 +1,56 @@
+"""Conformal Groundability Gate: a text-only score per unit saying whether vision can help it."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+VisionMode = Literal["auto", "always", "never"]
+PairRule = Literal["max", "noisy_or", "mean", "learned"]
+
+
+class GroundabilityGate(nn.Module):
+    """g(u) = sigmoid(MLP(unit)); computed before any image is touched."""
+
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, units: torch.Tensor) -> torch.Tensor:
+        """units (..., D) -> gate logits (...)."""
+        return self.mlp(units).squeeze(-1)
+
+
+class PairGate(nn.Module):
+    """MRE: the pair gate from the two entity gates by a configurable rule (``learned`` looks at the pair)."""
+
+    def __init__(self, rule: PairRule, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.rule = rule
+        self.pair_mlp = GroundabilityGate(d_model, hidden) if rule == "learned" else None
+
+    def forward(self, head_logit: torch.Tensor, tail_logit: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+        """Returns pair gate *probabilities* (B,)."""
+        gh, gt = torch.sigmoid(head_logit), torch.sigmoid(tail_logit)
+        if self.rule == "max":
+            return torch.maximum(gh, gt)
+        if self.rule == "noisy_or":
+            return 1 - (1 - gh) * (1 - gt)
+        if self.rule == "mean":
+            return (gh + gt) / 2
+        assert self.pair_mlp is not None
+        return torch.sigmoid(self.pair_mlp(pair))
+
+
+def gate_decision(gate: torch.Tensor, threshold: float, mode: VisionMode) -> torch.Tensor:
+    """Boolean γ(u): ``auto`` compares with the calibrated τ (τ = inf never activates)."""
+    if mode == "always":
+        return torch.ones_like(gate, dtype=torch.bool)
+    if mode == "never" or math.isinf(threshold):
+        return torch.zeros_like(gate, dtype=torch.bool)
+    if mode != "auto":
+        raise ValueError(f"unknown vision mode {mode!r}")
+    return gate >= threshold

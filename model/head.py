@@ -1,0 +1,99 @@
+"""Energy-inspired joint scoring head with sparse top-k expert routing.
+
+E(y|u) = -[ s_text(y|u) + γ(u)·(s_vis(y|u,e) + β_y·c(u,e)) + s_route(y|u,γe) ],  p(y|u) = softmax(-E).
+
+With γ = 0 the vision terms vanish and the router sees a zero evidence vector, so the output is exactly
+the text-only path. The expert list is open: more experts (e.g. retrieval experts) can join the router.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class RouteOutput:
+    scores: torch.Tensor  # (A, C)
+    balance_loss: torch.Tensor  # scalar
+
+
+class SparseExpertRouter(nn.Module):
+    """Top-k gating over small MLP experts (Shazeer et al.), Switch-style load-balancing loss."""
+
+    def __init__(self, d_in: int, n_classes: int, n_experts: int, top_k: int, hidden: int) -> None:
+        super().__init__()
+        self.top_k = min(top_k, n_experts)
+        self.router = nn.Linear(d_in, n_experts)
+        self.n_classes = n_classes
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, n_classes))
+            for _ in range(n_experts)
+        )
+
+    def forward(self, x: torch.Tensor) -> RouteOutput:
+        """x (A, d_in) -> scores (A, C)."""
+        probs = F.softmax(self.router(x), dim=-1)  # (A, E)
+        top_p, top_i = probs.topk(self.top_k, dim=-1)  # (A, k)
+        weights = top_p / top_p.sum(-1, keepdim=True)
+        out = x.new_zeros(x.size(0), self.n_classes)
+        for e, expert in enumerate(self.experts):
+            rows, slot = (top_i == e).nonzero(as_tuple=True)
+            if rows.numel():
+                out = out.index_add(0, rows, weights[rows, slot].unsqueeze(-1) * expert(x[rows]))
+        n_experts = len(self.experts)
+        dispatch = (
+            F.one_hot(top_i[:, 0], n_experts).float().mean(0) if x.size(0) else probs.new_zeros(n_experts)
+        )
+        importance = probs.mean(0) if x.size(0) else probs.new_zeros(n_experts)
+        return RouteOutput(out, n_experts * (dispatch * importance).sum())
+
+
+@dataclass
+class HeadOutput:
+    logits: torch.Tensor  # (A, C) = -E(y|u)
+    text_logits: torch.Tensor  # (A, C) the γ=0 path
+    consistency: torch.Tensor  # (A,) c(u, e); 0 where γ = 0
+    balance_loss: torch.Tensor
+
+
+class EnergyHead(nn.Module):
+    def __init__(
+        self,
+        d: int,
+        n_classes: int,
+        n_experts: int,
+        top_k: int,
+        expert_hidden: int,
+        beta: float,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.text = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, d), nn.GELU(), nn.Linear(d, n_classes))
+        vision_out = nn.Linear(d, n_classes)
+        self.vision = nn.Sequential(nn.Dropout(dropout), nn.Linear(3 * d, d), nn.GELU(), vision_out)
+        self.query = nn.Linear(d, d)
+        self.beta = nn.Parameter(torch.full((n_classes,), beta))  # β_y: per-label weight of consistency
+        self.router = SparseExpertRouter(2 * d, n_classes, n_experts, top_k, expert_hidden)
+        nn.init.zeros_(vision_out.weight)  # vision starts as a no-op: never worse than text at init
+        nn.init.zeros_(vision_out.bias)
+
+    def text_scores(self, units: torch.Tensor) -> RouteOutput:
+        """The γ=0 path: s_text + s_route(u, 0)."""
+        route = self.router(torch.cat([units, torch.zeros_like(units)], dim=-1))
+        return RouteOutput(self.text(units) + route.scores, route.balance_loss)
+
+    def forward(self, units: torch.Tensor, evidence: torch.Tensor, gamma: torch.Tensor) -> HeadOutput:
+        """units (A, D), evidence (A, D), gamma (A,) in {0, 1} (float, may carry straight-through grads)."""
+        g = gamma.unsqueeze(-1)
+        ge = g * evidence
+        consistency = F.cosine_similarity(self.query(units), evidence, dim=-1) * gamma  # (A,)
+        vis = self.vision(torch.cat([units, evidence, units * evidence], dim=-1))
+        route = self.router(torch.cat([units, ge], dim=-1))
+        s_text = self.text(units)
+        logits = s_text + g * vis + consistency.unsqueeze(-1) * self.beta + route.scores
+        text_route = self.router(torch.cat([units, torch.zeros_like(units)], dim=-1))
+        return HeadOutput(logits, s_text + text_route.scores, consistency, route.balance_loss)

@@ -1,0 +1,42 @@
+"""The one console command: ``saver serve | train | calibrate | evaluate | export | bench``.
+
+Subcommands import their package lazily, so ``saver serve`` never imports the training stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":
+        from service.cli import serve
+
+        serve(argv[1:])
+        return
+    if argv and argv[0] == "bench":
+        from bench.cli import main as bench_main
+
+        bench_main(argv[1:])
+        return
+    parser = argparse.ArgumentParser(prog="saver", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the HTTP service (see `saver serve --help`)")
+    sub.add_parser("bench", help="benchmark the service (see `saver bench --help`)")
+    from training.cli import add_subcommands
+
+    add_subcommands(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("SAVER_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The app factory: models loaded, warmed and wired in lifespan; nothing heavy at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from model.pipeline import SaverPipeline
+from service.admission import Admission
+from service.engine import TaskEngine, model_info, shown_threshold
+from service.errors import install_error_handlers
+from service.fetch import FetchPolicy, fetch_all, make_client
+from service.loader import artifacts_dir, backbones_of, calibrated_coverage, calibration_of, load_pipelines
+from service.metrics import ServiceMetrics, mark_worker_dead
+from service.middleware import RequestContextMiddleware
+from service.predictor import Predictor
+from service.routes import router
+from service.settings import Settings
+from service.vision import Fetcher, FetchResult
+
+log = logging.getLogger(__name__)
+
+
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    return FetchPolicy(
+        allow_loopback=settings.allow_loopback,
+        max_bytes=settings.fetch_max_bytes,
+        max_redirects=settings.fetch_max_redirects,
+        max_url_length=settings.max_url_chars,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    pipelines: Mapping[str, SaverPipeline] | None = None,
+    fetcher: Fetcher | None = None,
+) -> FastAPI:
+    """Build the service. ``pipelines`` (by task) replaces loading from the artifacts directories;
+    ``fetcher`` replaces the SSRF-safe image fetcher (tests only)."""
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+    # httpx logs every request line, user image URLs (which may carry tokens) included, at INFO.
+    httpx_log = logging.getLogger("httpx")
+    httpx_log.setLevel(max(httpx_log.getEffectiveLevel(), logging.WARNING))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        if pipelines is not None:
+            loaded = dict(pipelines)
+        else:
+            loaded = await asyncio.to_thread(load_pipelines, settings)
+        executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="saver-infer")
+        policy = fetch_policy(settings)
+        client = make_client(policy)
+
+        async def fetch_images(urls: list[str], deadline: float) -> Sequence[FetchResult]:
+            return await fetch_all(urls, policy, deadline, client)
+
+        engines = {
+            task: TaskEngine(
+                task,
+                pipeline,
+                executor,
+                fetcher or fetch_images,
+                metrics,
+                settings.vision_budget_ms,
+                settings.screen_cache_size,
+            )
+            for task, pipeline in loaded.items()
+        }
+        admission = Admission(settings.max_concurrent_inferences, settings.max_queue, settings.retry_after_s)
+        predictor = Predictor(settings, engines, admission, metrics)
+        predictor.cards = [_describe(settings, task, p, metrics) for task, p in loaded.items()]
+        app.state.predictor = predictor
+        try:
+            if settings.warmup:
+                loop = asyncio.get_running_loop()
+                for engine in engines.values():
+                    await loop.run_in_executor(executor, engine.warm_up)
+            predictor.ready = True
+            log.info("ready", extra={"models": [f"{c['task']}:{c['name']}" for c in predictor.cards]})
+            yield
+        finally:
+            predictor.ready = False
+            if not await admission.drain(settings.shutdown_grace_s):
+                log.warning("shutdown: %d requests still running after the grace period", admission.admitted)
+            executor.shutdown(wait=False, cancel_futures=True)
+            await client.aclose()
+            mark_worker_dead(os.getpid())
+
+    app = FastAPI(
+        title="SAVER",
+        summary="Multimodal NER and relation extraction that consults images only when a span needs them",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.include_router(router)
+    return app
+
+
+def _describe(
+    settings: Settings, task: str, pipeline: SaverPipeline, metrics: ServiceMetrics
+) -> dict[str, Any]:
+    """Log the model, publish its identity as metrics, and build its /v1/models card."""
+    directory = None if settings.fake_model else artifacts_dir(settings, task)
+    calibration = calibration_of(pipeline, directory)
+    info = model_info(pipeline)
+    metrics.set_model(task, info.name, info.version, info.trained, pipeline.threshold)
+    coverage = calibrated_coverage(calibration)
+    if coverage is not None:
+        metrics.calibrated_coverage.labels(endpoint=task).set(coverage)
+    level = logging.INFO if info.trained else logging.WARNING
+    log.log(
+        level,
+        "model loaded%s",
+        "" if info.trained else " (UNTRAINED: randomly initialised weights)",
+        extra={
+            "task": task,
+            "model_name": info.name,
+            "version": info.version,
+            "trained": info.trained,
+            "threshold": shown_threshold(pipeline),
+        },
+    )
+    return {
+        **info.model_dump(),
+        "task": task,
+        "labels": list(pipeline.labels),
+        "threshold": shown_threshold(pipeline),
+        "calibration": calibration,
+        "backbones": backbones_of(pipeline, directory),
+    }
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory service.app:app_from_env``: settings from ``SAVER_*``."""
+    return create_app(Settings())

@@ -1,0 +1,175 @@
+"""One task's request path (SPEC §6): text first, gate, and vision only when some unit asks for it.
+
+Every CPU-bound stage runs in the shared bounded executor, never on the event loop, and is timed for
+both the response (``timings_ms``) and ``saver_stage_duration_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from model.pipeline import (
+    DetailedImage,
+    MnerResult,
+    MreResult,
+    SaverPipeline,
+    ScreenedImage,
+    TextResult,
+    VisionMode,
+)
+from service.cache import ScreenCache
+from service.metrics import ServiceMetrics
+from service.schemas import ModelInfo, Options
+from service.vision import NO_IMAGES, Fetcher, VisionOutcome, VisionPath
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STAGES = ("text_encode", "gate", "fetch", "screen", "select", "detail", "fuse")
+UNTRAINED_WARNING = "untrained: randomly initialised weights"
+
+
+@dataclass
+class Inference:
+    """Everything a response is built from."""
+
+    text: TextResult
+    wanted: np.ndarray  # (U,) bool: the gate's decision
+    result: MnerResult | MreResult
+    vision: VisionOutcome | None  # None when no vision work was done
+    fallback: str | None
+    images_requested: int
+    timings: dict[str, float]  # seconds per stage
+
+
+def model_info(pipeline: SaverPipeline) -> ModelInfo:
+    return ModelInfo(
+        name=pipeline.name,
+        version=pipeline.version,
+        trained=pipeline.trained,
+        warning=None if pipeline.trained else UNTRAINED_WARNING,
+    )
+
+
+def shown_threshold(pipeline: SaverPipeline) -> float | None:
+    """JSON has no infinity: a never-activate threshold is reported as null."""
+    return None if math.isinf(pipeline.threshold) else float(pipeline.threshold)
+
+
+class TaskEngine:
+    def __init__(
+        self,
+        task: str,
+        pipeline: SaverPipeline,
+        executor: Executor,
+        fetcher: Fetcher,
+        metrics: ServiceMetrics,
+        default_budget_ms: int,
+        cache_entries: int,
+    ) -> None:
+        self.task = task
+        self.pipeline = pipeline
+        self.executor = executor
+        self.metrics = metrics
+        self.default_budget_ms = default_budget_ms
+        self.cache = ScreenCache(cache_entries)
+        self.vision = VisionPath(pipeline, self.cache, fetcher)
+        self.info = model_info(pipeline)
+
+    async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()  # keeps the request id in log records written by the model
+        return await loop.run_in_executor(self.executor, functools.partial(ctx.run, fn, *args))
+
+    async def infer(
+        self,
+        text: str | None,
+        tokens: list[str] | None,
+        urls: list[str],
+        options: Options,
+        head: tuple[int, int] | None = None,
+        tail: tuple[int, int] | None = None,
+    ) -> Inference:
+        timings = dict.fromkeys(STAGES, 0.0)
+
+        async def stage(name: str, fn: Callable[..., T], *args: Any) -> T:
+            started = time.perf_counter()
+            try:
+                return await self._offload(fn, *args)
+            finally:
+                timings[name] += time.perf_counter() - started
+
+        def add_fetch_time(seconds: float) -> None:
+            timings["fetch"] += seconds
+
+        mode: VisionMode = options.vision
+        text_result = await stage("text_encode", self.pipeline.encode_text, text, tokens, head, tail)
+        wanted = np.asarray(await stage("gate", self.pipeline.activation, text_result, mode), dtype=bool)
+
+        outcome: VisionOutcome | None = None
+        fallback: str | None = None
+        activated = np.zeros_like(wanted)
+        selected: list[list[int]] = [[] for _ in wanted]
+        details: dict[int, DetailedImage] = {}
+        screened: dict[int, ScreenedImage] = {}
+        if not wanted.any():
+            pass  # nothing asked for vision: no network, no image work
+        elif not urls:
+            fallback = NO_IMAGES
+        else:
+            budget_ms = options.vision_budget_ms
+            budget_s = (self.default_budget_ms if budget_ms is None else budget_ms) / 1000.0
+            outcome = await self.vision.run(text_result, wanted, urls, budget_s, stage, add_fetch_time)
+            activated, selected = outcome.activated, outcome.selected
+            details, screened, fallback = outcome.details, outcome.screened, outcome.fallback
+
+        result = await stage("fuse", self.pipeline.fuse, text_result, activated, selected, details, screened)
+        inference = Inference(text_result, wanted, result, outcome, fallback, len(urls), timings)
+        self._record(inference)
+        return inference
+
+    def _record(self, inf: Inference) -> None:
+        m, ep = self.metrics, self.task
+        for name, seconds in inf.timings.items():
+            if seconds > 0:
+                m.stage_duration.labels(endpoint=ep, stage=name).observe(seconds)
+        n_wanted = int(inf.wanted.sum())
+        m.gate_requests.labels(endpoint=ep, decision="activated" if n_wanted else "skipped").inc()
+        m.gate_units.labels(endpoint=ep, decision="activated").inc(n_wanted)
+        m.gate_units.labels(endpoint=ep, decision="skipped").inc(len(inf.wanted) - n_wanted)
+        if inf.vision is None:
+            m.images.labels(endpoint=ep, outcome="skipped").inc(inf.images_requested)
+        else:
+            v = inf.vision
+            m.images.labels(endpoint=ep, outcome="fetched").inc(v.fetched)
+            m.images.labels(endpoint=ep, outcome="cache_hit").inc(v.cache_hits)
+            m.images.labels(endpoint=ep, outcome="failed").inc(v.failed)
+            m.images.labels(endpoint=ep, outcome="selected").inc(len(v.details))
+        if inf.fallback is not None:
+            m.vision_fallbacks.labels(endpoint=ep, reason=inf.fallback).inc()
+
+    def warm_up(self) -> None:
+        """One full text + vision pass on a synthetic post, so the first request pays no lazy init."""
+        p = self.pipeline
+        if self.task == "mre":
+            result = p.encode_text(text="Alice met Bob in Paris", head=(0, 1), tail=(2, 3))
+        else:
+            result = p.encode_text(text="Alice met Bob in Paris with the New York Times")
+        activated = np.asarray(p.activation(result, "always"), dtype=bool)
+        image = Image.linear_gradient("L").convert("RGB").resize((224, 224))
+        screened = p.screen([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+        selected = p.select(result, activated, screened)
+        details = p.detail([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+        p.fuse(result, activated, selected, dict(enumerate(details)), dict(enumerate(screened)))

@@ -1,0 +1,118 @@
+"""Service settings: one pydantic-settings class, every field read from ``SAVER_<NAME>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.schemas import MAX_IMAGE_URLS, MAX_TEXT_CHARS, MAX_URL_CHARS, MAX_VISION_BUDGET_MS
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune; ``SAVER_PORT=9000`` sets ``port`` and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="SAVER_", extra="ignore", validate_default=True)
+
+    # server
+    host: str = Field(default="0.0.0.0", description="Interface uvicorn binds to.")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port uvicorn listens on.")
+    workers: int = Field(
+        default=1, ge=1, le=64, description="Uvicorn worker processes (each loads its own models)."
+    )
+    log_level: str = Field(default="INFO", description="Root log level (DEBUG shows URLs and request text).")
+    log_json: bool = Field(default=True, description="Emit one JSON object per log line (False: plain text).")
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="On shutdown, how long in-flight requests may finish before being dropped.",
+    )
+
+    # models
+    mner_artifacts: Path = Field(
+        default=Path("artifacts/mner"), description="Exported MNER artifacts directory."
+    )
+    mre_artifacts: Path = Field(
+        default=Path("artifacts/mre"), description="Exported MRE artifacts directory."
+    )
+    fake_model: bool = Field(
+        default=False,
+        description="TEST ONLY: serve the deterministic FakePipeline instead of real models (no weights).",
+    )
+    warmup: bool = Field(
+        default=True, description="Run one full text + vision pass per model before turning ready."
+    )
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="torch intra-op threads per worker (None: leave torch's default)."
+    )
+
+    # request limits (the schemas hold the hard caps; these may only lower them)
+    max_text_chars: int = Field(
+        default=MAX_TEXT_CHARS,
+        ge=1,
+        le=MAX_TEXT_CHARS,
+        description="Longest accepted post text in characters.",
+    )
+    max_image_urls: int = Field(
+        default=MAX_IMAGE_URLS, ge=0, le=MAX_IMAGE_URLS, description="Most image URLs accepted per request."
+    )
+    max_url_chars: int = Field(
+        default=MAX_URL_CHARS,
+        ge=10,
+        le=MAX_URL_CHARS,
+        description="Longest accepted image URL in characters.",
+    )
+    max_body_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Request bodies larger than this are refused with 413."
+    )
+
+    # vision
+    vision_budget_ms: int = Field(
+        default=1500,
+        ge=0,
+        le=MAX_VISION_BUDGET_MS,
+        description="Default per-request vision budget; images not fetched in time fall back to text-only.",
+    )
+    screen_cache_size: int = Field(
+        default=1024,
+        ge=0,
+        description="Entries in the per-model LRU cache of screened images keyed by URL (0: off).",
+    )
+    allow_loopback: bool = Field(
+        default=False, description="Allow image URLs on loopback addresses (tests and local demos only)."
+    )
+    fetch_max_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Largest image body fetched, in bytes."
+    )
+    fetch_max_redirects: int = Field(
+        default=3, ge=0, le=10, description="Redirects followed per image fetch."
+    )
+
+    # capacity
+    request_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Whole-request deadline (queueing included); past it the answer is 504.",
+    )
+    max_concurrent_inferences: int = Field(
+        default=4, ge=1, description="Requests computing at once per worker; the rest wait in the queue."
+    )
+    max_queue: int = Field(
+        default=32,
+        ge=0,
+        description="Requests allowed to wait for a compute slot; beyond that the answer is 429.",
+    )
+    inference_threads: int = Field(
+        default=2, ge=1, description="Threads of the executor that runs the CPU-bound model stages."
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 429 answers.")
+
+    # metrics
+    metrics_multiproc_dir: Path | None = Field(
+        default=None,
+        description=(
+            "prometheus_client multiprocess directory (PROMETHEUS_MULTIPROC_DIR); wiped at start. "
+            "Required for correct metrics with several workers; a temporary one is made when unset."
+        ),
+    )

@@ -1,0 +1,120 @@
+"""``saver train | calibrate | evaluate | export``: parse arguments and call the workflow, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("train", help="train a model from a config (training/configs/*.json)")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="cap steps per epoch (smoke runs)")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="calibrate the gate threshold on held-out data (SPEC §3)")
+    p.add_argument("--artifacts", type=Path, required=True)
+    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--captions", nargs="*", default=[])
+    p.add_argument("--groundability")
+    p.add_argument("--images", help="folder of the posts' real images")
+    p.add_argument("--alpha", type=float, default=0.10)
+    p.add_argument("--delta", type=float, default=0.05)
+    p.add_argument("--method", choices=["bonferroni", "fixed_sequence"], default="bonferroni")
+    p.add_argument("--harm", choices=["forced_vision_wrong", "not_groundable"], default="forced_vision_wrong")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("evaluate", help="evaluate artifacts on a data file (SPEC §5)")
+    p.add_argument("task", choices=["mner", "mre"])
+    p.add_argument("--artifacts", type=Path, required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--captions")
+    p.add_argument("--groundability")
+    p.add_argument("--images", help="folder of the posts' real images (used through the image backbone)")
+    p.add_argument(
+        "--evidence",
+        choices=["pseudo_tags", "caption"],
+        default="pseudo_tags",
+        help="how captions are turned into evidence text",
+    )
+    p.add_argument("--vision", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write the artifact directory (and model card, ONNX graphs)")
+    p.add_argument("--run", type=Path, required=True, help="run folder of `saver train` (or an artifact dir)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.workflow import train
+
+    overrides = {
+        k: v
+        for k, v in {"epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed}.items()
+        if v is not None
+    }
+    metrics = train(args.config, args.out, overrides)
+    print(json.dumps(metrics, indent=2))
+
+
+def _data_spec(args: argparse.Namespace, captions: list[str]):  # type: ignore[no-untyped-def]
+    from training.workflow import DataSpec
+
+    return DataSpec(
+        train=[],
+        dev=[],
+        captions=captions,
+        groundability=getattr(args, "groundability", None),
+        images=args.images,
+        evidence_style=getattr(args, "evidence", "pseudo_tags"),
+    )
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from model.artifacts import load_artifacts
+    from training.workflow import build_evidence, calibrate, load_examples
+
+    model, _ = load_artifacts(args.artifacts)
+    spec = _data_spec(args, args.captions)
+    examples = load_examples(model.cfg.task, args.data, spec)
+    evidence = build_evidence(model, examples, spec)
+    record = calibrate(model, examples, evidence, args.alpha, args.delta, args.method, args.harm)
+    record["data"] = ", ".join(args.data)
+    (args.artifacts / "calibration.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from model.artifacts import load_artifacts
+    from training.workflow import build_evidence, evaluate, load_examples
+
+    model, _ = load_artifacts(args.artifacts)
+    if model.cfg.task != args.task:
+        raise SystemExit(f"{args.artifacts} holds a {model.cfg.task} model, not {args.task}")
+    spec = _data_spec(args, [args.captions] if args.captions else [])
+    examples = load_examples(args.task, [args.data], spec)
+    evidence = build_evidence(model, examples, spec)
+    report = evaluate(model, examples, evidence, args.vision)
+    report["vision"] = args.vision
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        json.dumps(
+            {k: report[k] for k in ("task", "n_examples", "precision", "recall", "f1", "gate")}, indent=2
+        )
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from training.export import export
+
+    export(args.run, args.out)

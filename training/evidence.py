@@ -1,0 +1,98 @@
+"""Evidence for training and evaluation when images are not at hand: captions, or pseudo-tags from them.
+
+At serving time the evidence-text channel carries the image backbone's top-k ImageNet tags. Captions are
+fluent sentences, tags are lists of class names; ``pseudo_tags`` maps each caption to its nearest ImageNet
+class names (by the same base text encoder) so that training evidence reads like serving evidence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from model.evidence import PostEvidence
+from model.inference import evidence_text
+from model.text_encoder import TextEncoder
+from model.vision.efficientnet import imagenet_class_names
+
+log = logging.getLogger(__name__)
+
+EvidenceStyle = Literal["caption", "pseudo_tags", "none"]
+
+
+def _embed_all(encoder: TextEncoder, texts: Sequence[str], batch: int = 256) -> torch.Tensor:
+    parts = [encoder.embed_evidence(list(texts[i : i + batch])) for i in range(0, len(texts), batch)]
+    return torch.cat(parts) if parts else torch.zeros(0, encoder.bert.config.hidden_size)
+
+
+def pseudo_tags(encoder: TextEncoder, captions: Sequence[str], k: int) -> list[list[str]]:
+    """Top-k ImageNet class names nearest to each caption."""
+    names = list(imagenet_class_names())
+    classes = F.normalize(_embed_all(encoder, [f"a photo of {n}" for n in names]), dim=-1)
+    caps = F.normalize(_embed_all(encoder, captions), dim=-1)
+    top = (caps @ classes.t()).topk(k, dim=-1).indices
+    return [[names[int(i)] for i in row] for row in top]
+
+
+class EvidenceTable:
+    """Post id -> PostEvidence (text channel), embedded once: the base encoder weights never change."""
+
+    def __init__(
+        self, encoder: TextEncoder, captions: dict[str, list[str]], style: EvidenceStyle, k: int
+    ) -> None:
+        self.style = style
+        self.texts: dict[str, list[str]] = {}
+        if style == "none":
+            self.table: dict[str, PostEvidence] = {}
+            return
+        ids = [i for i, caps in captions.items() if caps]
+        flat = [c for i in ids for c in captions[i]]
+        if style == "pseudo_tags":
+            tags = pseudo_tags(encoder, flat, k)
+            flat = [evidence_text(t) for t in tags]
+        vectors = _embed_all(encoder, flat)
+        self.table = {}
+        pos = 0
+        for i in ids:
+            n = len(captions[i])
+            self.table[i] = PostEvidence(text=vectors[pos : pos + n])
+            self.texts[i] = flat[pos : pos + n]
+            pos += n
+        log.info("evidence (%s) for %d posts", style, len(self.table))
+
+    def get(self, post_id: str) -> PostEvidence | None:
+        return self.table.get(post_id)
+
+    def update(self, evidence: dict[str, PostEvidence]) -> None:
+        """Add evidence from real images (takes precedence over captions for those posts)."""
+        self.table.update(evidence)
+
+
+def image_evidence(
+    encoder: TextEncoder,
+    backbone: object,
+    posts: dict[str, list[object]],
+    tags_k: int,
+) -> dict[str, PostEvidence]:
+    """Real images -> evidence exactly as the service builds it (detail tier: global, regions, tags).
+
+    ``posts`` maps a post id to its PIL images; the backbone is frozen, so this runs once per dataset.
+    """
+    from model.vision.backbone import VisionBackbone
+
+    assert isinstance(backbone, VisionBackbone)
+    out: dict[str, PostEvidence] = {}
+    for post_id, images in posts.items():
+        if not images:
+            continue
+        det = backbone.detail(images)  # type: ignore[arg-type]
+        tags = backbone.tags(det.tag_logits, tags_k)
+        text = (
+            encoder.embed_evidence([evidence_text(t) for t in tags]) if det.tag_logits is not None else None
+        )
+        out[post_id] = PostEvidence(text=text, image=det.global_vectors, regions=det.regions)
+    return out
