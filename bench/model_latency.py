@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import statistics
 import time
@@ -213,8 +212,10 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def default_threads() -> int:
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(4, available))  # one request's worth of intra-op parallelism, as a serving worker has
+    """One intra-op thread: a serving worker handles one request per thread and scales by workers. On a
+    small shared box, two intra-op threads measured 4-5x slower medians (and 10x worse P90) than one,
+    because OpenMP threads spin-wait for cores other processes hold. ``--threads`` overrides."""
+    return 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,10 +21,21 @@ from model.pipeline import (
     MnerResult,
     MreResult,
     ScreenedImage,
+    TextRequest,
     TextResult,
 )
-from model.tokenize import tokenize_words, words_from_tokens
+from model.tokenize import Word, tokenize_words, words_from_tokens
 from model.vision.backbone import VisionBackbone
+
+Pair = tuple[tuple[int, int], tuple[int, int]]  # MRE (head, tail) word spans
+TextUnits = tuple[torch.Tensor, list[tuple[int, int]], torch.Tensor, torch.Tensor]
+
+
+def _request_words(request: TextRequest) -> tuple[str, list[Word]]:
+    if request.tokens is not None:
+        return words_from_tokens(request.tokens)
+    text = request.text or ""
+    return text, tokenize_words(text)
 
 
 def evidence_text(tags: list[str]) -> str:
@@ -61,7 +72,6 @@ class TorchPipeline:
         return self._backbone
 
     # --- text stage -------------------------------------------------------------------------------
-    @torch.inference_mode()
     def encode_text(
         self,
         text: str | None = None,
@@ -69,32 +79,67 @@ class TorchPipeline:
         head: tuple[int, int] | None = None,
         tail: tuple[int, int] | None = None,
     ) -> TextResult:
-        if tokens is not None:
-            text, words = words_from_tokens(tokens)
+        return self.encode_text_batch([TextRequest(text, tokens, head, tail)])[0]
+
+    @torch.inference_mode()
+    def encode_text_batch(self, requests: Sequence[TextRequest]) -> list[TextResult]:
+        """Several posts through one encoder forward; each result equals that post's ``encode_text``."""
+        posts = [_request_words(r) for r in requests]
+        results: list[TextResult | None] = [None] * len(requests)
+        if self.task == "mner":
+            for i, (text, words) in enumerate(posts):
+                if not words:
+                    # same state shape as a post with units, so fuse (always called) answers "no entities"
+                    cfg = self.model.cfg
+                    empty = {
+                        "units": torch.zeros(0, cfg.d_model),
+                        "text_logits": torch.zeros(0, cfg.n_classes),
+                        "gate": torch.zeros(0),
+                    }
+                    results[i] = TextResult(text, words, [], np.zeros(0), empty)
+            pairs: list[Pair] | None = None
         else:
-            text = text or ""
-            words = tokenize_words(text)
-        strings = [w.text for w in words]
-        if isinstance(self.model, MnerModel):
-            if not words:
-                # same state shape as a post with units, so fuse (always called) answers "no entities"
-                cfg = self.model.cfg
-                empty = {
-                    "units": torch.zeros(0, cfg.d_model),
-                    "text_logits": torch.zeros(0, cfg.n_classes),
-                    "gate": torch.zeros(0),
-                }
-                return TextResult(text, words, [], np.zeros(0), empty)
-            units, spans, _, gate_logit = self.model.units([strings])
+            pairs = []
+            for r in requests:
+                assert r.head is not None and r.tail is not None, "MRE needs head and tail spans"
+                pairs.append((r.head, r.tail))
+        todo = [i for i, r in enumerate(results) if r is None]
+        if todo:
+            strings = [[w.text for w in posts[i][1]] for i in todo]
+            chosen = None if pairs is None else [pairs[i] for i in todo]
+            for i, (units, spans, gate, text_logits) in zip(
+                todo, self._text_units(strings, chosen), strict=True
+            ):
+                state = {"units": units, "text_logits": text_logits, "gate": gate}
+                text, post_words = posts[i]
+                results[i] = TextResult(text, post_words, spans, gate.numpy().copy(), state)
+        return [r for r in results if r is not None]
+
+    def _text_units(self, words: list[list[str]], pairs: list[Pair] | None) -> list[TextUnits]:
+        """Per non-empty post: unit vectors (U, d), unit spans, gate probabilities (U,), text logits (U, C).
+        The one hook the ONNX pipeline replaces."""
+        if pairs is None:
+            assert isinstance(self.model, MnerModel)
+            units, spans, post_of_unit, gate_logit = self.model.units(words)
             gate = torch.sigmoid(gate_logit)
-            spans_list = [(int(s), int(e)) for s, e in spans.tolist()]
-        else:
-            assert isinstance(self.model, MreModel) and head is not None and tail is not None
-            units, gate, _ = self.model.units([strings], [head], [tail])
-            spans_list = [head, tail]
-        text_logits = self.model.head.text_scores(units).scores
-        state = {"units": units, "text_logits": text_logits, "gate": gate}
-        return TextResult(text, words, spans_list, gate.numpy().copy(), state)
+            text_logits = self.model.head.text_scores(units).scores
+            counts = np.bincount(np.asarray(post_of_unit, dtype=np.int64), minlength=len(words)).tolist()
+            span_list = [(int(s), int(e)) for s, e in spans.tolist()]
+            out: list[TextUnits] = []
+            start = 0
+            for n in counts:  # units come grouped by post, in post order
+                end = start + n
+                out.append((units[start:end], span_list[start:end], gate[start:end], text_logits[start:end]))
+                start = end
+            return out
+        assert isinstance(self.model, MreModel)
+        heads, tails = [h for h, _ in pairs], [t for _, t in pairs]
+        pair_units, pair_gate, _ = self.model.units(words, heads, tails)
+        text_logits = self.model.head.text_scores(pair_units).scores
+        return [
+            (pair_units[b : b + 1], [heads[b], tails[b]], pair_gate[b : b + 1], text_logits[b : b + 1])
+            for b in range(len(words))
+        ]
 
     def activation(self, result: TextResult, mode: VisionMode) -> np.ndarray:
         gate = torch.from_numpy(result.gate)

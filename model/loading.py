@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from model.artifacts import ArtifactInfo, build_model, load_artifacts
+from model.base import SaverBase
 from model.config import SaverConfig
 from model.inference import TorchPipeline
 from model.pipeline import Task
@@ -13,6 +16,8 @@ from model.text_encoder import TextEncoder
 from model.vision import build_backbone
 
 log = logging.getLogger(__name__)
+
+Backend = Literal["torch", "onnx"]
 
 MNRE_RELATIONS = [
     "None", "/per/per/parent", "/per/per/siblings", "/per/per/couple", "/per/per/neighbor", "/per/per/peer",
@@ -29,11 +34,28 @@ def default_config(task: Task) -> SaverConfig:
     return SaverConfig(task="mner")
 
 
-def load_pipeline(path: Path, task: Task, encoder: TextEncoder | None = None) -> TorchPipeline:
+@dataclass
+class OnnxOptions:
+    """How the ONNX Runtime backend finds or builds its graphs (see model/onnx_pipeline.py)."""
+
+    cache_dir: Path | None = None  # where graphs missing from ``artifacts/onnx`` are built; None: default
+    quantize: bool = False  # int8 dynamic quantisation of the text graph
+    threads: int | None = None  # ORT intra-op threads; None: the CPUs available to this process
+
+
+def load_pipeline(
+    path: Path,
+    task: Task,
+    encoder: TextEncoder | None = None,
+    backend: Backend = "torch",
+    onnx: OnnxOptions | None = None,
+) -> TorchPipeline:
     """Raises ``ArtifactError`` for a missing or corrupt directory; never falls back silently."""
     model, info = load_artifacts(path, encoder)
     if model.cfg.task != task:
         raise ValueError(f"{path} holds a {model.cfg.task} model, expected {task}")
+    if backend == "onnx":
+        return _onnx(model, info, path, onnx or OnnxOptions())
     backbone_spec = model.cfg.vision_backbone
     return TorchPipeline(
         model,
@@ -44,7 +66,13 @@ def load_pipeline(path: Path, task: Task, encoder: TextEncoder | None = None) ->
     )
 
 
-def untrained_pipeline(task: Task, encoder: TextEncoder | None = None, seed: int = 0) -> TorchPipeline:
+def untrained_pipeline(
+    task: Task,
+    encoder: TextEncoder | None = None,
+    seed: int = 0,
+    backend: Backend = "torch",
+    onnx: OnnxOptions | None = None,
+) -> TorchPipeline:
     """A randomly initialised model (real encoder and backbone, random heads). Callers must say so."""
     import torch
 
@@ -55,10 +83,27 @@ def untrained_pipeline(task: Task, encoder: TextEncoder | None = None, seed: int
     log.warning(
         "serving an UNTRAINED %s model: randomly initialised heads, predictions are meaningless", task
     )
+    if backend == "onnx":
+        return _onnx(model, info, None, onnx or OnnxOptions())
     return TorchPipeline(
         model,
         lambda: build_backbone(cfg.vision_backbone),
         name=info.name,
         version=info.version,
         trained=False,
+    )
+
+
+def _onnx(
+    model: SaverBase, info: ArtifactInfo, artifacts: Path | None, options: OnnxOptions
+) -> TorchPipeline:
+    from model.onnx_pipeline import onnx_pipeline  # imports onnxruntime only when it is asked for
+
+    return onnx_pipeline(
+        model,
+        info,
+        artifacts=artifacts,
+        cache_dir=options.cache_dir,
+        quantize=options.quantize,
+        threads=options.threads,
     )

@@ -8,6 +8,7 @@ exact text-only answer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -29,6 +30,16 @@ class TextResult:
     units: list[tuple[int, int]]  # MNER: candidate spans (word start, word end exclusive); MRE: [head, tail]
     gate: np.ndarray  # (U,) gate score per unit (MRE: one pair score)
     state: Any = None
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """The inputs of one ``encode_text`` call, so several can be encoded in one batched forward."""
+
+    text: str | None = None
+    tokens: list[str] | None = None
+    head: tuple[int, int] | None = None  # MRE only: word span, end exclusive
+    tail: tuple[int, int] | None = None
 
 
 @dataclass
@@ -120,4 +131,13 @@ class SaverPipeline(Protocol):
         screened: dict[int, ScreenedImage],
     ) -> MnerResult | MreResult:
         """Score every unit; units not activated (or whose images are missing) get the text-only score."""
+        ...
+
+
+@runtime_checkable
+class BatchTextEncoder(Protocol):
+    """A pipeline that can run the text stage of several posts in one forward (service micro-batching)."""
+
+    def encode_text_batch(self, requests: Sequence[TextRequest]) -> list[TextResult]:
+        """One ``TextResult`` per request, in order, each equal (within float tolerance) to ``encode_text``."""
         ...

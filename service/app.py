@@ -59,7 +59,15 @@ def create_app(
         if pipelines is not None:
             loaded = dict(pipelines)
         else:
-            loaded = await asyncio.to_thread(load_pipelines, settings)
+            try:
+                loaded = await asyncio.to_thread(load_pipelines, settings)
+            except Exception as exc:
+                # Stay up, alive and not ready (with the reason on /readyz): exiting would only make the
+                # orchestrator restart into the same missing or corrupt artifacts, a crash loop.
+                log.exception("cannot load the models; serving not-ready until fixed and restarted")
+                app.state.load_error = f"models failed to load: {type(exc).__name__}: {exc}"
+                yield
+                return
         executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="saver-infer")
         policy = fetch_policy(settings)
         client = make_client(policy)

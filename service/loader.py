@@ -23,8 +23,9 @@ def artifacts_dir(settings: Settings, task: str) -> Path:
     return settings.mner_artifacts if task == "mner" else settings.mre_artifacts
 
 
-def has_trained_weights(directory: Path) -> bool:
-    return (directory / "config.json").is_file() and (directory / "weights.safetensors").is_file()
+def has_artifacts(directory: Path) -> bool:
+    """Either file counts: a half-written or corrupt export must fail loudly, never pass as "untrained"."""
+    return (directory / "config.json").is_file() or (directory / "weights.safetensors").is_file()
 
 
 def load_pipelines(settings: Settings) -> dict[str, SaverPipeline]:
@@ -40,7 +41,7 @@ def load_pipelines(settings: Settings) -> dict[str, SaverPipeline]:
     pipelines: dict[str, SaverPipeline] = {}
     for task in TASKS:
         directory = artifacts_dir(settings, task)
-        if has_trained_weights(directory):
+        if has_artifacts(directory):
             pipelines[task] = loading.load_pipeline(directory, task)
         else:
             log.warning(

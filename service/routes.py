@@ -26,7 +26,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def get_predictor(request: Request) -> Predictor:
     predictor = getattr(request.app.state, "predictor", None)
     if predictor is None:
-        raise NotReady("models are not loaded yet")
+        raise NotReady(getattr(request.app.state, "load_error", None) or "models are not loaded yet")
     return predictor
 
 

@@ -2,6 +2,9 @@
 
 The caps here are the hard ones and show in the OpenAPI document; an operator may lower them through
 settings (checked by the engine with the same 422 shape) but never raise them.
+
+Request models are strict: JSON `true` or `"100"` where a number is due is a client bug to report with a
+422, not a value to coerce (lax mode would read `true` as a 1 ms budget).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ Token = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S+$")]
 class Options(BaseModel):
     """How much vision a request may use."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     vision: Literal["auto", "always", "never"] = Field(
         default="auto", description="auto: the calibrated gate decides per unit; always/never force it."
@@ -67,7 +70,7 @@ class Options(BaseModel):
 class PostRequest(BaseModel):
     """Fields shared by both tasks: the post as text or as pre-split tokens, and its images."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     text: str | None = Field(
         default=None, min_length=1, max_length=MAX_TEXT_CHARS, description="The post. Give this or `tokens`."
@@ -94,6 +97,7 @@ class PostRequest(BaseModel):
 class MnerRequest(PostRequest):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -110,7 +114,7 @@ class EntityRef(BaseModel):
     """An MRE argument: ``start``/``end`` (character offsets into `text`, half-open; token indices when
     `tokens` is given) or ``text`` (its first word-aligned occurrence)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     start: int | None = Field(default=None, ge=0, description="Start offset (inclusive).")
     end: int | None = Field(default=None, ge=1, description="End offset (exclusive).")
@@ -138,6 +142,7 @@ class EntityRef(BaseModel):
 class MreRequest(PostRequest):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {

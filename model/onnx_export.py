@@ -1,0 +1,297 @@
+"""ONNX graphs of the heavy stages: the text path (encoder, unit representations, gate, text scores) and
+the two tiers of the vision backbone. The cheap per-request parts (selection, fusion of the few activated
+units, decoding) stay in torch; see ``model/onnx_pipeline.py``.
+
+Graphs live in a directory with a ``manifest.json`` recording the key each graph was built for: a hash of
+the model's config and stored weights (plus the encoder's and backbone's own hashes), so a graph built for
+other weights is never used. ``saver export --onnx`` writes that directory into the artifacts; the service
+otherwise builds it into a cache on first start.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from model.artifacts import stored_state
+from model.base import SaverBase
+from model.head import EnergyHead
+from model.lora import merge_lora
+from model.mner import MnerModel
+from model.vision.backbone import Tier, VisionBackbone
+
+log = logging.getLogger(__name__)
+
+# Bump when the graphs' inputs, outputs or semantics change: old cached graphs then stop matching.
+GRAPH_FORMAT = 1
+OPSET = 17
+MANIFEST = "manifest.json"
+TEXT_GRAPH = "text.onnx"
+TEXT_GRAPH_INT8 = "text.int8.onnx"
+DEFAULT_CACHE_DIR = Path(".cache/onnx")  # relative to the working directory; SAVER_ONNX_CACHE_DIR overrides
+
+
+def dense_text_scores(head: EnergyHead, units: torch.Tensor) -> torch.Tensor:
+    """``head.text_scores(units).scores`` computed densely: every expert on every unit, weighted by the
+    router's renormalised top-k probabilities (zero elsewhere). Same numbers, but without the
+    data-dependent ``nonzero`` of the sparse router, which a traced graph would freeze."""
+    router = head.router
+    x = torch.cat([units, torch.zeros_like(units)], dim=-1)  # (..., 2d)
+    probs = torch.softmax(router.router(x), dim=-1)  # (..., E)
+    top_p, top_i = probs.topk(router.top_k, dim=-1)  # (..., k)
+    weights = top_p / top_p.sum(-1, keepdim=True)
+    n_experts = len(router.experts)
+    one_hot = (top_i.unsqueeze(-1) == torch.arange(n_experts)).to(x.dtype)  # (..., k, E)
+    mix = (one_hot * weights.unsqueeze(-1)).sum(-2)  # (..., E)
+    experts = torch.stack([expert(x) for expert in router.experts], dim=-2)  # (..., E, C)
+    return head.text(units) + (mix.unsqueeze(-1) * experts).sum(-2)
+
+
+class TextGraph(nn.Module):
+    """The whole text path of a SAVER model as tensors in, tensors out.
+
+    Inputs: input_ids, attention_mask (B, S); first_subword, shapes (B, N) with N >= max_span_width
+    (callers pad words so the span max-pool table traces with a fixed shift); spans (B, U, 2) word spans,
+    end exclusive (MNER: candidate spans; MRE: U = 2, head then tail).
+    Outputs MNER: units (B, U, d), gate probabilities (B, U), text logits (B, U, C).
+    Outputs MRE: pair vectors (B, d), pair gate probabilities (B,), text logits (B, C).
+    """
+
+    def __init__(self, model: SaverBase) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).eval()
+        merge_lora(self.model.encoder.bert)  # plain Linears: no adapter matmuls at serving time
+        self.is_mner = isinstance(self.model, MnerModel)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        first_subword: torch.Tensor,
+        shapes: torch.Tensor,
+        spans: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m: Any = self.model  # MnerModel or MreModel; both have span_rep, MRE adds pair_rep/pair_gate
+        words = m.encoder(input_ids, attention_mask, first_subword, shapes)  # (B, N, H + shape)
+        reps = m.span_rep(words, spans)  # (B, U, d)
+        if self.is_mner:
+            gate = torch.sigmoid(m.gate(reps))  # (B, U)
+            return reps, gate, dense_text_scores(m.head, reps)
+        pair = m.pair_rep(reps[:, 0], reps[:, 1])  # (B, d)
+        ent_logits = m.gate(reps)  # (B, 2)
+        gate = m.pair_gate(ent_logits[:, 0], ent_logits[:, 1], pair)  # (B,)
+        return pair, gate, dense_text_scores(m.head, pair)
+
+
+def _atomic_export(write: Any, path: Path) -> None:
+    """Write to a temporary file and rename: concurrent workers building one cache never see half a graph."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export_text_graph(model: SaverBase, path: Path) -> None:
+    graph = TextGraph(model)
+    enc = model.encoder.prepare([["Alice", "met", "Bob", "in", "Paris", "today", "with", "the", "team", "."]])
+    n = enc.first_subword.size(1)
+    if graph.is_mner:
+        spans = torch.tensor([[[0, 1], [2, 3], [4, 6], [0, n]]])
+        span_axes = {0: "batch", 1: "units"}
+        out_axes = [{0: "batch", 1: "units"}] * 3
+    else:
+        spans = torch.tensor([[[0, 1], [2, 3]]])
+        span_axes = {0: "batch"}
+        out_axes = [{0: "batch"}] * 3
+    args = (enc.input_ids, enc.attention_mask, enc.first_subword, enc.shapes, spans)
+    names = ["input_ids", "attention_mask", "first_subword", "shapes", "spans"]
+    axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 1: "subwords"},
+        "attention_mask": {0: "batch", 1: "subwords"},
+        "first_subword": {0: "batch", 1: "words"},
+        "shapes": {0: "batch", 1: "words"},
+        "spans": span_axes,
+    }
+    outputs = ["units", "gate", "text_logits"]
+    axes.update(dict(zip(outputs, out_axes, strict=True)))
+    started = time.perf_counter()
+    with torch.no_grad():
+        _atomic_export(
+            lambda tmp: torch.onnx.export(
+                graph,
+                args,
+                tmp,
+                dynamo=False,  # the TorchScript exporter handles BERT's dynamic axes without guards
+                input_names=names,
+                output_names=outputs,
+                dynamic_axes=axes,
+                opset_version=OPSET,
+            ),
+            path,
+        )
+    log.info(
+        "exported the %s text graph to %s in %.1f s", model.cfg.task, path, time.perf_counter() - started
+    )
+
+
+def export_tier_graph(backbone: VisionBackbone, tier: Tier, path: Path) -> None:
+    size = backbone.screen_size if tier == "screen" else backbone.detail_size
+    pixels = torch.zeros(2, 3, size, size)
+    graph = backbone.tier_graph(tier).eval()
+    with torch.no_grad():
+        n_out = len(graph(pixels))
+    outputs = [f"out{i}" for i in range(n_out)]
+    axes = {"pixels": {0: "images"}, **{name: {0: "images"} for name in outputs}}
+    _atomic_export(
+        lambda tmp: torch.onnx.export(
+            graph,
+            (pixels,),
+            tmp,
+            dynamo=False,
+            input_names=["pixels"],
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+        ),
+        path,
+    )
+    log.info("exported the %s tier of %s to %s", tier, backbone.name, path)
+
+
+def quantize_text_graph(src: Path, dst: Path) -> None:
+    """int8 dynamic quantisation (QInt8 weights, activations quantised on the fly) of the text graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _atomic_export(lambda tmp: quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8), dst)
+    log.info("quantised %s to int8 at %s", src.name, dst)
+
+
+# --- keys and the graph directory ------------------------------------------------------------------
+def _digest(parts: list[bytes]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()[:20]
+
+
+def text_graph_key(model: SaverBase) -> str:
+    """Config, every stored tensor (heads, gate, LoRA deltas) and the encoder's own weights hash."""
+    parts = [f"format={GRAPH_FORMAT} torch={torch.__version__}".encode()]
+    parts.append(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
+    parts.append(json.dumps(model.encoder.identity(), sort_keys=True).encode())
+    for name, tensor in sorted(stored_state(model).items()):
+        parts.append(name.encode())
+        parts.append(tensor.contiguous().numpy().tobytes())
+    return _digest(parts)
+
+
+def vision_graph_key(backbone: VisionBackbone) -> str:
+    return _digest(
+        [
+            f"format={GRAPH_FORMAT} torch={torch.__version__}".encode(),
+            json.dumps(backbone.identity(), sort_keys=True, default=str).encode(),
+        ]
+    )
+
+
+@dataclass
+class GraphDir:
+    """A directory of graphs plus the manifest saying which key each was built for."""
+
+    path: Path
+
+    def manifest(self) -> dict[str, str]:
+        try:
+            data = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def graph(self, name: str, key: str) -> Path | None:
+        """The graph file if it exists and was built for ``key``; None otherwise."""
+        path = self.path / name
+        return path if path.is_file() and self.manifest().get(name) == key else None
+
+    def record(self, name: str, key: str) -> None:
+        entries = self.manifest()
+        entries[name] = key
+        tmp = self.path / f".{MANIFEST}.{os.getpid()}"
+        tmp.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.path / MANIFEST)
+
+
+def ensure_text_graph(
+    model: SaverBase, directory: Path, quantize: bool = False, key: str | None = None
+) -> Path:
+    """The (optionally int8) text graph for ``model`` in ``directory``, exported first if missing or stale."""
+    graphs = GraphDir(directory)
+    key = key or text_graph_key(model)
+    name = TEXT_GRAPH_INT8 if quantize else TEXT_GRAPH
+    found = graphs.graph(name, key)
+    if found is not None:
+        return found
+    full = graphs.graph(TEXT_GRAPH, key)
+    if full is None:
+        log.info(
+            "building the %s text graph into %s (first start with these weights)", model.cfg.task, directory
+        )
+        export_text_graph(model, directory / TEXT_GRAPH)
+        graphs.record(TEXT_GRAPH, key)
+        full = directory / TEXT_GRAPH
+    if quantize:
+        quantize_text_graph(full, directory / TEXT_GRAPH_INT8)
+        graphs.record(TEXT_GRAPH_INT8, key)
+    return directory / name
+
+
+def ensure_tier_graphs(backbone: VisionBackbone, directory: Path, key: str | None = None) -> dict[Tier, Path]:
+    graphs = GraphDir(directory)
+    key = key or vision_graph_key(backbone)
+    paths: dict[Tier, Path] = {}
+    tiers: tuple[Tier, ...] = ("screen", "detail")
+    for tier in tiers:
+        name = f"{tier}.onnx"
+        found = graphs.graph(name, key)
+        if found is None:
+            log.info("building the %s graph of %s into %s", tier, backbone.name, directory)
+            export_tier_graph(backbone, tier, directory / name)
+            graphs.record(name, key)
+            found = directory / name
+        paths[tier] = found
+    return paths
+
+
+def export_graphs(
+    model: SaverBase, backbone: VisionBackbone, directory: Path, quantize: bool = False
+) -> None:
+    """Everything the ONNX backend needs, into one directory (``saver export --onnx``)."""
+    key = text_graph_key(model)
+    ensure_text_graph(model, directory, quantize=False, key=key)
+    if quantize:
+        ensure_text_graph(model, directory, quantize=True, key=key)
+    ensure_tier_graphs(backbone, directory)
+
+
+def find_graph_dir(key: str, name: str, candidates: list[Path]) -> Path | None:
+    """The first of ``candidates`` holding graph ``name`` built for ``key``."""
+    for directory in candidates:
+        if GraphDir(directory).graph(name, key) is not None:
+            return directory
+    return None
