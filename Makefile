@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test serve lint typecheck unit clean
+.PHONY: test serve lint typecheck unit fuzz bench soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -27,6 +28,16 @@ test: lint typecheck unit
 
 serve: $(STAMP)
 	$(BIN)/saver serve
+
+# Longer runs, kept out of `make test`.
+fuzz: $(STAMP)
+	SAVER_FUZZ_EXAMPLES=2000 SAVER_FUZZ_RANDOM=1 $(BIN)/pytest tests/hardening/test_fuzz.py -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/saver bench --duration 300 --concurrency 4 --modes text,always,saver --out runs/bench
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --duration 600 --out runs/soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

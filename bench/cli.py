@@ -82,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--artifacts", type=Path, help="MNER artifacts for the FLOP table (default: the service's)"
     )
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.mode_list or any(m not in VISION_OF_MODE for m in args.mode_list):
         p.error(f"--modes must be a comma-separated subset of {','.join(VISION_OF_MODE)}")
@@ -142,7 +143,7 @@ def reference_artifacts(args: argparse.Namespace) -> Path:
     return configured if configured.is_absolute() else REPO / configured  # the started service runs in REPO
 
 
-def count_flops(args: argparse.Namespace, cdn: CdnServer, samples: dict[str, list[Sample]]) -> dict[str, Any]:
+def add_gflops(args: argparse.Namespace, cdn: CdnServer, samples: dict[str, list[Sample]]) -> dict[str, Any]:
     """Fill each answered sample's ``gflops``; return how it was done (for the report)."""
     import io
 
@@ -155,6 +156,7 @@ def count_flops(args: argparse.Namespace, cdn: CdnServer, samples: dict[str, lis
     while len(probes) < 4:  # a pool of fewer than 4 photos: repeat them (FLOPs do not depend on pixels)
         probes.append(probes[len(probes) % len(cdn.pool)])
     table = measure_table(pipeline, probes, model)
+    log.info("FLOP table measured; counting post texts (at most %d)", args.flops_max_texts)
     answered = [s for mode in args.mode_list for s in samples[mode] if s.ok]
     # Every mode replays the same posts from the start: taking the modes' texts in turn measures the
     # posts that all modes sent first, so a cap on measured texts treats the modes alike.
@@ -224,6 +226,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[Sample
                     f" with {' '.join(f'{k}={v}' for k, v in args.env.items())}" if args.env else ""
                 )
             models = service_models(base_url)
+            rss_ready = peak_rss_mb(pid) if pid else None
             replay = Replay(posts, cdn.base_url, args.vision_budget_ms)
             samples, runs = asyncio.run(
                 run_load(
@@ -239,10 +242,18 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[Sample
                 service.stop()
         machine["loadavg_after"] = loadavg()
         flops = (
-            count_flops(args, cdn, samples) if args.flops == "on" else {"method": "not counted (--flops off)"}
+            add_gflops(args, cdn, samples) if args.flops == "on" else {"method": "not counted (--flops off)"}
         )
         cdn_info = cdn.describe()
-    report = build_report(args, posts, load, samples, runs, machine, cdn_info, models, how, flops)
+    mner = next((m for m in models if m.get("task") == "mner"), {})
+    service_info = {
+        "model": f"{mner.get('name', '?')} {mner.get('version', '')}".strip(),
+        "trained": mner.get("trained"),
+        "how": how,
+        "peak_rss_mb_when_ready": rss_ready,
+        "models": models,
+    }
+    report = build_report(args, posts, load, samples, runs, machine, cdn_info, service_info, flops)
     return report, samples
 
 
@@ -254,19 +265,16 @@ def build_report(
     runs: dict[str, ModeRun],
     machine: dict[str, Any],
     cdn_info: dict[str, Any],
-    models: list[dict[str, Any]],
-    how: str,
+    service_info: dict[str, Any],
     flops: dict[str, Any],
 ) -> dict[str, Any]:
     summary = {mode: summarise(samples[mode], runs[mode]) for mode in args.mode_list}
-    mner = next((m for m in models if m.get("task") == "mner"), {})
     rounds = plan_rounds(args.mode_list, args.duration, args.round)
     report: dict[str, Any] = {
         **summary,
         "ratios": ratios(summary),
         "config": {
-            "command": "saver bench "
-            + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+            "command": "saver bench " + shlex.join(args.argv),
             "posts": str(args.posts),
             "n_posts": len(posts),
             "images_per_post": sum(p.n_images for p in posts) / len(posts),
@@ -280,12 +288,7 @@ def build_report(
             "vision_budget_ms": args.vision_budget_ms,
             "service_env": args.env,
         },
-        "service": {
-            "model": f"{mner.get('name', '?')} {mner.get('version', '')}".strip(),
-            "trained": mner.get("trained"),
-            "how": how,
-            "models": models,
-        },
+        "service": service_info,
         "cdn": cdn_info,
         "flops": flops,
         "machine": machine,
@@ -298,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         level=os.environ.get("SAVER_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the log
     args = parse_args(argv)
     report, samples = run(args)
     title = f"{report['service']['model']}, {report['config']['load']}"

@@ -6,15 +6,15 @@ model when there are none) in its own process, after the timed run, and measures
 ``torch.utils.flop_counter.FlopCounterMode``:
 
 - text: ``encode_text`` of each distinct post text, exactly, for the first ``max_texts`` texts; the rest
-  get a quadratic fit in word count over the measured ones (self-attention is quadratic in length).
-- screen and detail: the tier on 1..``max_images`` images of the benchmark's own JPEGs; a least-squares
-  line gives a fixed part plus a part per image (the backbone is linear in images; the fixed part is
-  about zero).
-- select + fuse of activated units: per activated unit, for 1..``max_images`` screened images (the
-  selector then picks min(K, n) of them, and the set transformer's cost follows that count).
+  get a least-squares line in word count over the measured ones (at tweet lengths the encoder's cost
+  is nearly linear in length, and a line extrapolates safely to longer posts).
+- screen and detail: per image, averaged over batches of 1..4 of the benchmark's own JPEGs (the
+  backbone is linear in images; the tags' evidence text adds a little that depends on the photo).
+- select + fuse of activated units: per activated unit (beyond the text-only fuse), for 1..4 screened
+  images (the selector picks min(K, n) of them, and the set transformer's cost follows that count).
 
-A request's FLOPs are then text(text) + screen(images_fetched) + detail(images_selected) +
-units_activated × per_unit(images_fetched) (vision parts only when images were fetched / selected).
+A request's FLOPs are then text(text) + screen × images_fetched + detail × images_selected +
+units_activated × per_unit(images_fetched) (the last only when some image was detail-encoded).
 ``images_fetched`` equals the images screened because the benchmark's URLs never hit the service's
 cache (see bench/workload.py). The gate, decoding and image decoding/resizing are not FLOP-counted.
 """
@@ -36,13 +36,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class FlopTable:
     model: str  # name and version of the measured model
-    screen_base: float  # screen FLOPs: base + per_image * n (for n >= 1)
-    screen_per_image: float
-    detail_base: float  # detail FLOPs: base + per_image * n (for n >= 1)
-    detail_per_image: float
+    screen_per_image: float  # screen tier FLOPs per image
+    detail_per_image: float  # detail tier FLOPs per image
     vision_per_unit: dict[int, float]  # images screened -> select + fuse FLOPs per activated unit
     text: dict[str, float] = field(default_factory=dict)  # post text -> encode_text FLOPs (measured)
-    text_fit: list[float] = field(default_factory=list)  # polynomial in word count, highest power first
+    text_fit: list[float] = field(default_factory=list)  # [slope, intercept] in word count
 
     def text_flops(self, text: str) -> tuple[float, bool]:
         """(FLOPs, measured exactly?) of encoding ``text``."""
@@ -62,10 +60,8 @@ class FlopTable:
     ) -> tuple[float, bool]:
         """(FLOPs, text measured exactly?) of one answered request, from the counts in its response."""
         flops, exact = self.text_flops(text)
-        if images_fetched > 0:
-            flops += self.screen_base + self.screen_per_image * images_fetched
-        if images_selected > 0:
-            flops += self.detail_base + self.detail_per_image * images_selected
+        flops += self.screen_per_image * images_fetched + self.detail_per_image * images_selected
+        if images_selected > 0:  # activated units fuse evidence only when some image was encoded
             flops += units_activated * self.per_unit(images_fetched)
         return flops, exact
 
@@ -99,28 +95,26 @@ def freeze(pipeline: Any) -> None:
             module.requires_grad_(False)
 
 
-def linear_fit(counts: list[int], flops: list[int]) -> tuple[float, float]:
-    """(base, per_item) of the least-squares line through (count, flops)."""
-    slope, intercept = np.polyfit(np.asarray(counts, float), np.asarray(flops, float), 1)
-    return float(intercept), float(slope)
-
-
 PROBE_TEXT = "Kevin Durant and Stephen Curry lead the Golden State Warriors past Cleveland at Oracle Arena"
 
 
-def measure_table(pipeline: Any, images: list[Image.Image], model: str) -> FlopTable:
-    """Stage FLOPs on 1..len(images) images (at least 2, for the line fit)."""
-    if len(images) < 2:
-        raise ValueError("need at least two probe images")
+def measure_table(pipeline: Any, images: list[Image.Image], model: str, units: int = 8) -> FlopTable:
+    """Stage FLOPs per image (over batches of 1..len(images) probe images) and per activated unit."""
+    if not images:
+        raise ValueError("need probe images")
     freeze(pipeline)
-    counts = list(range(1, len(images) + 1))
-    screen = [count_flops(pipeline.screen, images[:n])[0] for n in counts]
-    detail = [count_flops(pipeline.detail, images[:n])[0] for n in counts]
+    counts = range(1, len(images) + 1)
+    # The evidence-text channel pads a batch's tag texts to the longest, so a batch costs a little more
+    # than its images alone: average the per-image cost over the batch sizes a request can have.
+    screen = float(np.mean([count_flops(pipeline.screen, images[:n])[0] / n for n in counts]))
+    detail = float(np.mean([count_flops(pipeline.detail, images[:n])[0] / n for n in counts]))
     result = pipeline.encode_text(PROBE_TEXT)
-    activated = np.asarray(pipeline.activation(result, "always"), dtype=bool)
+    wanted = np.asarray(pipeline.activation(result, "always"), dtype=bool)
+    # Units are scored independently, so a few stand for any number (and keep the counting quick).
+    activated = wanted & (np.cumsum(wanted) <= units)
     n_units = int(activated.sum())
-    per_unit: dict[int, float] = {}
     details_all = dict(enumerate(pipeline.detail(images)))
+    per_unit: dict[int, float] = {}
     for n in counts:
         screened = pipeline.screen(images[:n])
         select_flops, selected = count_flops(pipeline.select, result, activated, screened)
@@ -128,24 +122,25 @@ def measure_table(pipeline: Any, images: list[Image.Image], model: str) -> FlopT
         fuse_flops, _ = count_flops(
             pipeline.fuse, result, activated, selected, details, dict(enumerate(screened))
         )
-        per_unit[n] = (select_flops + fuse_flops) / max(n_units, 1)
-    screen_base, screen_per = linear_fit(counts, screen)
-    detail_base, detail_per = linear_fit(counts, detail)
-    return FlopTable(model, screen_base, screen_per, detail_base, detail_per, per_unit)
+        text_only, _ = count_flops(pipeline.fuse, result, np.zeros_like(activated), selected, {}, {})
+        per_unit[n] = (select_flops + fuse_flops - text_only) / max(n_units, 1)
+    return FlopTable(model, screen, detail, per_unit)
 
 
 def measure_texts(pipeline: Any, table: FlopTable, texts: Iterable[str], max_texts: int) -> None:
     """Count ``encode_text`` exactly for up to ``max_texts`` distinct texts (in the given order), then
-    fit the word-count polynomial used for the others."""
+    fit the word-count line used for the others."""
     freeze(pipeline)
     for text in dict.fromkeys(texts):
         if len(table.text) >= max_texts:
             break
         if text not in table.text:
             table.text[text] = float(count_flops(pipeline.encode_text, text)[0])
+            if len(table.text) % 50 == 0:
+                log.info("FLOP-counted %d texts", len(table.text))
     words = [len(t.split()) for t in table.text]
     if words:
-        degree = min(2, len(set(words)) - 1)
+        degree = min(1, len(set(words)) - 1)
         table.text_fit = [float(c) for c in np.polyfit(words, list(table.text.values()), degree)]
 
 

@@ -125,8 +125,12 @@ async def run_load(
     config: LoadConfig,
     rss_mb: Callable[[], float | None] = lambda: None,
     cdn_requests: Callable[[], int] = lambda: 0,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> tuple[dict[str, list[Sample]], dict[str, ModeRun]]:
-    """Warm up, then run the measured rounds; samples and per-mode run facts, by mode."""
+    """Warm up, then run the measured rounds; samples and per-mode run facts, by mode.
+
+    ``rss_mb`` and ``cdn_requests`` are read after every round; ``transport`` replaces the network (tests).
+    """
     url = f"{base_url.rstrip('/')}/mner"
     rng = random.Random(config.seed)
     connections = max(config.concurrency, 256 if config.rate is not None else 0)
@@ -142,7 +146,7 @@ async def run_load(
             got = await open_round(client, url, replay, mode, seconds, config.rate, rng, config.arrivals)
         return got, time.perf_counter() - started
 
-    async with httpx.AsyncClient(limits=limits, timeout=config.timeout_s) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=config.timeout_s, transport=transport) as client:
         warmup = plan_rounds(config.modes, config.warmup_s, min(config.round_s, config.warmup_s))
         for mode, seconds in warmup:
             await one_round(client, mode, seconds)

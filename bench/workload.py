@@ -53,8 +53,9 @@ def read_umt_words(path: Path) -> list[tuple[str, list[str]]]:
             flush()
             post_id, start = line[len("IMGID:") :].strip(), line_no
         elif not line.strip():
-            flush()
-            post_id = None
+            if words:  # a blank line right after an IMGID line does not end that post
+                flush()
+                post_id = None
         else:
             if not words and post_id is None:
                 start = line_no

@@ -136,8 +136,15 @@ class SaverBase(nn.Module):
             gamma = has_ev if self.schedule.forced else (soft >= 0.5) & has_ev
         else:
             gamma = gate_decision(gate, self.threshold, self.vision_mode) & has_ev
-        # training computes the forced-vision path for every unit with evidence (the utility target needs it)
+        # training computes the forced-vision path for units with evidence (the utility target needs it),
+        # capped per batch by a uniform sample: gate and vision-head gradients stay unbiased, steps stay cheap
         need = has_ev if self.training else gamma
+        cap = self.cfg.train_vision_units
+        if self.training and cap and int(need.sum()) > cap:
+            rows = need.nonzero(as_tuple=True)[0]
+            keep = rows[torch.randperm(rows.numel())[:cap]]
+            need = torch.zeros_like(need).index_fill_(0, keep, True)
+            gamma = gamma & need
         logits = text.scores
         selected: list[list[int]] = [[] for _ in range(units.size(0))]
         forced: HeadOutput | None = None

@@ -70,6 +70,9 @@ class SaverConfig:
     lambda_consistency: float = 0.05  # lambda_c: 1 - cos(query, evidence)
     lambda_balance: float = 0.01  # load-balancing loss of the expert router
     none_weight: float = 1.0  # class weight of NONE / None in the task loss
+    train_vision_units: int = (
+        512  # training: at most this many units per batch take the vision path (0 = all)
+    )
 
     @property
     def n_classes(self) -> int:

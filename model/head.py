@@ -55,7 +55,6 @@ class SparseExpertRouter(nn.Module):
 @dataclass
 class HeadOutput:
     logits: torch.Tensor  # (A, C) = -E(y|u)
-    text_logits: torch.Tensor  # (A, C) the γ=0 path
     consistency: torch.Tensor  # (A,) c(u, e); 0 where γ = 0
     balance_loss: torch.Tensor
 
@@ -95,5 +94,4 @@ class EnergyHead(nn.Module):
         route = self.router(torch.cat([units, ge], dim=-1))
         s_text = self.text(units)
         logits = s_text + g * vis + consistency.unsqueeze(-1) * self.beta + route.scores
-        text_route = self.router(torch.cat([units, torch.zeros_like(units)], dim=-1))
-        return HeadOutput(logits, s_text + text_route.scores, consistency, route.balance_loss)
+        return HeadOutput(logits, consistency, route.balance_loss)

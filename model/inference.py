@@ -154,7 +154,11 @@ class TorchPipeline:
         if tag_logits is None or "text" not in self.model.cfg.evidence_channels:
             return [[] for _ in range(0 if tag_logits is None else len(tag_logits))], None
         tags = self.backbone.tags(tag_logits, self.model.cfg.evidence_tags_k)
-        return tags, self.model.encoder.embed_evidence([evidence_text(t) for t in tags])
+        return tags, self._embed_evidence([evidence_text(t) for t in tags])
+
+    def _embed_evidence(self, texts: list[str]) -> torch.Tensor:
+        """(T, H) evidence-text vectors; the ONNX pipeline runs this through its own graph."""
+        return self.model.encoder.embed_evidence(texts)
 
     @torch.inference_mode()
     def screen(self, images: list[Image.Image]) -> list[ScreenedImage]:

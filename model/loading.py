@@ -55,7 +55,7 @@ def load_pipeline(
     if model.cfg.task != task:
         raise ValueError(f"{path} holds a {model.cfg.task} model, expected {task}")
     if backend == "onnx":
-        return _onnx(model, info, path, onnx or OnnxOptions())
+        return _onnx(model, info, path, onnx or OnnxOptions(), owned=encoder is None)
     backbone_spec = model.cfg.vision_backbone
     return TorchPipeline(
         model,
@@ -84,7 +84,7 @@ def untrained_pipeline(
         "serving an UNTRAINED %s model: randomly initialised heads, predictions are meaningless", task
     )
     if backend == "onnx":
-        return _onnx(model, info, None, onnx or OnnxOptions())
+        return _onnx(model, info, None, onnx or OnnxOptions(), owned=encoder is None)
     return TorchPipeline(
         model,
         lambda: build_backbone(cfg.vision_backbone),
@@ -95,8 +95,9 @@ def untrained_pipeline(
 
 
 def _onnx(
-    model: SaverBase, info: ArtifactInfo, artifacts: Path | None, options: OnnxOptions
+    model: SaverBase, info: ArtifactInfo, artifacts: Path | None, options: OnnxOptions, owned: bool
 ) -> TorchPipeline:
+    """``owned``: the encoder was built here, so its torch weights may be freed once the graphs exist."""
     from model.onnx_pipeline import onnx_pipeline  # imports onnxruntime only when it is asked for
 
     return onnx_pipeline(
@@ -106,4 +107,5 @@ def _onnx(
         cache_dir=options.cache_dir,
         quantize=options.quantize,
         threads=options.threads,
+        release_encoder=owned,
     )

@@ -27,8 +27,9 @@ from torch import nn
 from model.artifacts import stored_state
 from model.base import SaverBase
 from model.head import EnergyHead
-from model.lora import merge_lora
+from model.lora import LoRALinear, merge_lora
 from model.mner import MnerModel
+from model.text_encoder import TextEncoder
 from model.vision.backbone import Tier, VisionBackbone
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ OPSET = 17
 MANIFEST = "manifest.json"
 TEXT_GRAPH = "text.onnx"
 TEXT_GRAPH_INT8 = "text.int8.onnx"
+EVIDENCE_GRAPH = "evidence.onnx"
+# TorchScript export names nodes by module path; TextGraph holds the model as ``model``, whose
+# encoder.bert.encoder.layer.* are the transformer blocks
+ENCODER_NODE_PREFIX = "/encoder/bert/encoder/layer"
 DEFAULT_CACHE_DIR = Path(".cache/onnx")  # relative to the working directory; SAVER_ONNX_CACHE_DIR overrides
 
 
@@ -94,6 +99,24 @@ class TextGraph(nn.Module):
         return pair, gate, dense_text_scores(m.head, pair)
 
 
+class EvidenceTextGraph(nn.Module):
+    """``TextEncoder.embed_evidence``: the *base* encoder (adapters dropped, as in training) mean-pooled
+    over the tokens of a text about an image. Inputs input_ids, attention_mask (T, S); output (T, H)."""
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        super().__init__()
+        self.bert = copy.deepcopy(encoder.bert).eval()
+        for parent in list(self.bert.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, LoRALinear):
+                    setattr(parent, name, child.base)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (T, S, H)
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
 def _atomic_export(write: Any, path: Path) -> None:
     """Write to a temporary file and rename: concurrent workers building one cache never see half a graph."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +124,7 @@ def _atomic_export(write: Any, path: Path) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users (e.g. a serving user) read the cache too
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -150,6 +174,26 @@ def export_text_graph(model: SaverBase, path: Path) -> None:
     )
 
 
+def export_evidence_graph(encoder: TextEncoder, path: Path) -> None:
+    enc = encoder.tokenizer(["a photo of dog, stadium", "a photo"], padding=True, return_tensors="pt")
+    axes = {"input_ids": {0: "texts", 1: "subwords"}, "attention_mask": {0: "texts", 1: "subwords"}}
+    with torch.no_grad():
+        _atomic_export(
+            lambda tmp: torch.onnx.export(
+                EvidenceTextGraph(encoder),
+                (enc["input_ids"], enc["attention_mask"]),
+                tmp,
+                dynamo=False,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["vectors"],
+                dynamic_axes={**axes, "vectors": {0: "texts"}},
+                opset_version=OPSET,
+            ),
+            path,
+        )
+    log.info("exported the evidence-text encoder to %s", path)
+
+
 def export_tier_graph(backbone: VisionBackbone, tier: Tier, path: Path) -> None:
     size = backbone.screen_size if tier == "screen" else backbone.detail_size
     pixels = torch.zeros(2, 3, size, size)
@@ -175,11 +219,27 @@ def export_tier_graph(backbone: VisionBackbone, tier: Tier, path: Path) -> None:
 
 
 def quantize_text_graph(src: Path, dst: Path) -> None:
-    """int8 dynamic quantisation (QInt8 weights, activations quantised on the fly) of the text graph."""
+    """int8 dynamic quantisation (QInt8 weights, activations quantised on the fly) of the encoder's
+    transformer layers only: they hold nearly all the weights and FLOPs, while the small span, gate and
+    scoring layers stay fp32 so the gate scores the calibration was done on move as little as possible."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    _atomic_export(lambda tmp: quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8), dst)
-    log.info("quantised %s to int8 at %s", src.name, dst)
+    graph = onnx.load(str(src), load_external_data=False)
+    encoder_nodes = [n.name for n in graph.graph.node if n.name.startswith(ENCODER_NODE_PREFIX)]
+    if not encoder_nodes:
+        raise RuntimeError(f"no encoder nodes named {ENCODER_NODE_PREFIX}* in {src}: was the graph renamed?")
+    _atomic_export(
+        lambda tmp: quantize_dynamic(
+            str(src),
+            tmp,
+            weight_type=QuantType.QInt8,
+            per_channel=True,  # one scale per output column: about half the error of per-tensor scales here
+            nodes_to_quantize=encoder_nodes,
+        ),
+        dst,
+    )
+    log.info("quantised the encoder of %s to int8 at %s", src.name, dst)
 
 
 # --- keys and the graph directory ------------------------------------------------------------------
@@ -200,6 +260,16 @@ def text_graph_key(model: SaverBase) -> str:
         parts.append(name.encode())
         parts.append(tensor.contiguous().numpy().tobytes())
     return _digest(parts)
+
+
+def evidence_graph_key(encoder: TextEncoder) -> str:
+    """The evidence encoder is the base encoder alone: one graph serves every model on that encoder."""
+    return _digest(
+        [
+            f"format={GRAPH_FORMAT} torch={torch.__version__}".encode(),
+            json.dumps(encoder.identity(), sort_keys=True).encode(),
+        ]
+    )
 
 
 def vision_graph_key(backbone: VisionBackbone) -> str:
@@ -278,6 +348,18 @@ def ensure_tier_graphs(backbone: VisionBackbone, directory: Path, key: str | Non
     return paths
 
 
+def ensure_evidence_graph(encoder: TextEncoder, directory: Path, key: str | None = None) -> Path:
+    graphs = GraphDir(directory)
+    key = key or evidence_graph_key(encoder)
+    found = graphs.graph(EVIDENCE_GRAPH, key)
+    if found is None:
+        log.info("building the evidence-text graph into %s", directory)
+        export_evidence_graph(encoder, directory / EVIDENCE_GRAPH)
+        graphs.record(EVIDENCE_GRAPH, key)
+        found = directory / EVIDENCE_GRAPH
+    return found
+
+
 def export_graphs(
     model: SaverBase, backbone: VisionBackbone, directory: Path, quantize: bool = False
 ) -> None:
@@ -287,6 +369,8 @@ def export_graphs(
     if quantize:
         ensure_text_graph(model, directory, quantize=True, key=key)
     ensure_tier_graphs(backbone, directory)
+    if "text" in model.cfg.evidence_channels:
+        ensure_evidence_graph(model.encoder, directory)
 
 
 def find_graph_dir(key: str, name: str, candidates: list[Path]) -> Path | None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,13 @@ from model.base import SaverBase
 from model.inference import Pair, TextUnits, TorchPipeline
 from model.onnx_export import (
     DEFAULT_CACHE_DIR,
+    EVIDENCE_GRAPH,
     TEXT_GRAPH,
     TEXT_GRAPH_INT8,
+    ensure_evidence_graph,
     ensure_text_graph,
     ensure_tier_graphs,
+    evidence_graph_key,
     find_graph_dir,
     text_graph_key,
     vision_graph_key,
@@ -60,7 +65,25 @@ def providers() -> list[str]:
     return [*chosen, "CPUExecutionProvider"]
 
 
+# weak: a session lives as long as some pipeline holds it (tests build many)
+_SESSIONS: weakref.WeakValueDictionary[tuple[str, int | None], ort.InferenceSession] = (
+    weakref.WeakValueDictionary()
+)
+_SESSIONS_LOCK = threading.Lock()
+
+
 def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    """One session per graph file and thread count in the process: the MNER and MRE pipelines share the
+    vision and evidence-text graphs (``run`` is thread-safe), so their weights are held once."""
+    key = (str(path.resolve()), threads)
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get(key)
+        if session is None:
+            session = _SESSIONS[key] = _new_session(path, threads)
+        return session
+
+
+def _new_session(path: Path, threads: int | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or available_cpus()
     options.inter_op_num_threads = 1  # the graphs are one chain of ops; parallelism lives inside each op
@@ -118,7 +141,9 @@ def onnx_backbone(
     key = vision_graph_key(backbone)
     found = find_graph_dir(key, "detail.onnx", candidates)
     directory = found if found is not None else cache_dir / f"vision-{key}"
-    return OnnxBackbone(backbone, ensure_tier_graphs(backbone, directory, key), threads)
+    onnx = OnnxBackbone(backbone, ensure_tier_graphs(backbone, directory, key), threads)
+    backbone.to(torch.device("meta"))  # only its preprocessing and tag names are used from now on
+    return onnx
 
 
 class OnnxPipeline(TorchPipeline):
@@ -132,10 +157,35 @@ class OnnxPipeline(TorchPipeline):
         version: str,
         trained: bool,
         threads: int | None = None,
+        evidence_graph: Path | None = None,
+        release_encoder: bool = False,
     ) -> None:
+        """``evidence_graph``: the base encoder for evidence text (else torch embeds it). ``release_encoder``
+        frees the torch encoder's weights (to the meta device), which then must not be needed: the
+        model must not be shared with a torch pipeline, and text evidence needs ``evidence_graph``."""
         super().__init__(model, backbone_factory, name=name, version=version, trained=trained)
         self.text_session = make_session(text_graph, threads)
         self.text_graph = text_graph
+        self.evidence_session = None if evidence_graph is None else make_session(evidence_graph, threads)
+        if release_encoder:
+            if evidence_graph is None and "text" in model.cfg.evidence_channels:
+                raise ValueError("releasing the torch encoder needs an evidence-text graph")
+            model.encoder.bert.to(torch.device("meta"))
+
+    def _embed_evidence(self, texts: list[str]) -> torch.Tensor:
+        if self.evidence_session is None:
+            return super()._embed_evidence(texts)
+        if not texts:
+            return torch.zeros(0, self.model.encoder.bert.config.hidden_size)
+        # the tokenizer call of TextEncoder.embed_evidence, so both backends see the same pieces
+        enc = self.model.encoder.tokenizer(
+            texts, truncation=True, max_length=64, padding=True, return_tensors="np"
+        )
+        feeds = {
+            "input_ids": enc["input_ids"].astype(np.int64),
+            "attention_mask": enc["attention_mask"].astype(np.int64),
+        }
+        return torch.from_numpy(np.asarray(self.evidence_session.run(None, feeds)[0]))
 
     def _text_units(self, words: list[list[str]], pairs: list[Pair] | None) -> list[TextUnits]:
         cfg = self.model.cfg
@@ -183,6 +233,7 @@ def onnx_pipeline(
     cache_dir: Path | None = None,
     quantize: bool = False,
     threads: int | None = None,
+    release_encoder: bool = True,
 ) -> OnnxPipeline:
     """Graphs from ``artifacts/onnx`` when they match these weights, else from (or built into) the cache."""
     cache = cache_dir or DEFAULT_CACHE_DIR
@@ -193,6 +244,12 @@ def onnx_pipeline(
     found = find_graph_dir(key, name, candidates)
     directory = found if found is not None else cache / f"{model.cfg.task}-{key}"
     text_graph = ensure_text_graph(model, directory, quantize=quantize, key=key)
+    evidence_graph = None
+    if "text" in model.cfg.evidence_channels:
+        ev_key = evidence_graph_key(model.encoder)
+        found = find_graph_dir(ev_key, EVIDENCE_GRAPH, candidates)
+        ev_dir = found if found is not None else cache / f"evidence-{ev_key}"
+        evidence_graph = ensure_evidence_graph(model.encoder, ev_dir, ev_key)
     spec = model.cfg.vision_backbone
     pipeline = OnnxPipeline(
         model,
@@ -202,6 +259,8 @@ def onnx_pipeline(
         version=info.version,
         trained=info.trained,
         threads=threads,
+        evidence_graph=evidence_graph,
+        release_encoder=release_encoder,  # the graphs hold the encoder now
     )
     log.info(
         "ONNX Runtime %s text graph ready in %.1f s: %s (providers %s)",

@@ -10,13 +10,17 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+# `\w` excludes combining marks, so decomposed accents ("Ame\u0301lie") would split a word: allow them
+# after a word character.
+_MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+_WORD = rf"\w[\w{_MARKS}]*"
 # Order matters: URLs before mentions/hashtags before words, so `http://t.co/x` is one token.
 _TOKEN_RE = re.compile(
-    r"""
+    rf"""
     (?P<url>(?:https?://|www\.)\S+)
-  | (?P<mention>@\w+)
-  | (?P<hashtag>\#\w+)
-  | (?P<word>\w+(?:['’\-]\w+)*)
+  | (?P<mention>@{_WORD})
+  | (?P<hashtag>\#{_WORD})
+  | (?P<word>{_WORD}(?:['’\-]{_WORD})*)
   | (?P<other>\S)
     """,
     re.VERBOSE | re.UNICODE,

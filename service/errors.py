@@ -103,8 +103,15 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return error_response(request, 422, "validation_error", message, details)
 
 
+# FastAPI's 400 for a body json.loads cannot even start on (not UTF-8, nested too deep). To a client that
+# is the same mistake as a JSON syntax error, so it gets the same documented 422 ``invalid_json``.
+_UNPARSABLE_BODY = "There was an error parsing the body"
+
+
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:
+        return error_response(request, 422, "invalid_json", "request body is not valid UTF-8 JSON")
     codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
     message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
     return error_response(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,7 @@ from model.pipeline import (
     MreResult,
     ScreenedImage,
     Task,
+    TextRequest,
     TextResult,
     VisionMode,
 )
@@ -71,6 +73,7 @@ class FakePipeline:
         self.calls: Counter[str] = Counter()  # stage -> number of calls
         self.images_seen: Counter[str] = Counter()  # stage -> number of images processed
         self._lock = threading.Lock()
+        self.batch_sizes: list[int] = []  # size of every encode_text_batch call
 
     def _enter(self, stage: str, n_images: int = 0) -> None:
         with self._lock:
@@ -90,6 +93,15 @@ class FakePipeline:
         tail: tuple[int, int] | None = None,
     ) -> TextResult:
         self._enter("encode_text")
+        return self._encode(text, tokens, head, tail)
+
+    def _encode(
+        self,
+        text: str | None,
+        tokens: list[str] | None,
+        head: tuple[int, int] | None,
+        tail: tuple[int, int] | None,
+    ) -> TextResult:
         if tokens is not None:
             text, words = words_from_tokens(tokens)
         elif text is not None:
@@ -110,6 +122,13 @@ class FakePipeline:
             units = [head, tail]
             gate = np.array([max(self._span_gate(words, head), self._span_gate(words, tail))], np.float32)
         return TextResult(text=text, words=words, units=units, gate=gate)
+
+    def encode_text_batch(self, requests: Sequence[TextRequest]) -> list[TextResult]:
+        """The batched text stage (service micro-batching): one call, one result per request."""
+        self._enter("encode_text_batch")
+        with self._lock:
+            self.batch_sizes.append(len(requests))
+        return [self._encode(r.text, r.tokens, r.head, r.tail) for r in requests]
 
     @staticmethod
     def _span_gate(words: list[Word], span: tuple[int, int]) -> float:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.pipeline import SaverPipeline, Task
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from model.loading import OnnxOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +41,13 @@ def load_pipelines(settings: Settings) -> dict[str, SaverPipeline]:
 
     from model import loading  # heavy (torch); only when real models are served
 
+    onnx = onnx_options(settings) if settings.backend == "onnx" else None
+    log.info("inference backend: %s", settings.backend)
     pipelines: dict[str, SaverPipeline] = {}
     for task in TASKS:
         directory = artifacts_dir(settings, task)
         if has_artifacts(directory):
-            pipelines[task] = loading.load_pipeline(directory, task)
+            pipelines[task] = loading.load_pipeline(directory, task, backend=settings.backend, onnx=onnx)
         else:
             log.warning(
                 "no trained %s artifacts in %s: serving an UNTRAINED model (random weights); "
@@ -51,8 +56,17 @@ def load_pipelines(settings: Settings) -> dict[str, SaverPipeline]:
                 directory,
                 extra={"task": task, "trained": False},
             )
-            pipelines[task] = loading.untrained_pipeline(task)
+            pipelines[task] = loading.untrained_pipeline(task, backend=settings.backend, onnx=onnx)
     return pipelines
+
+
+def onnx_options(settings: Settings) -> OnnxOptions:
+    """Graphs cached per weights; each of the node's workers gets its share of the usable CPUs."""
+    from model.loading import OnnxOptions
+    from model.onnx_pipeline import available_cpus
+
+    threads = settings.onnx_threads or max(1, available_cpus() // settings.workers)
+    return OnnxOptions(cache_dir=settings.onnx_cache_dir, quantize=settings.onnx_quantize, threads=threads)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

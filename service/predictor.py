@@ -48,6 +48,9 @@ class Predictor:
         self.metrics = metrics
         self.ready = False  # True after warm-up; False again while draining at shutdown
         self.cards: list[dict[str, Any]] = []  # what /v1/models shows, one per loaded model
+        if settings.microbatch:
+            for engine in engines.values():
+                engine.enable_microbatch(settings.microbatch_wait_ms / 1000.0, settings.microbatch_max)
 
     def model_cards(self) -> list[dict[str, Any]]:
         return self.cards

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,27 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(
         default=None, ge=1, description="torch intra-op threads per worker (None: leave torch's default)."
+    )
+    backend: Literal["onnx", "torch"] = Field(
+        default="onnx",
+        description=(
+            "Runtime of the heavy stages (text encoder path, image backbone): ONNX Runtime graphs, taken "
+            "from <artifacts>/onnx when they match the weights, else built into onnx_cache_dir at start; "
+            "or plain torch."
+        ),
+    )
+    onnx_cache_dir: Path = Field(
+        default=Path(".cache/onnx"),
+        description="Where ONNX graphs missing from the artifacts are built, keyed by a hash of the weights.",
+    )
+    onnx_quantize: bool = Field(
+        default=False,
+        description="int8 dynamic quantisation of the encoder's transformer layers (ONNX backend only).",
+    )
+    onnx_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="ONNX Runtime intra-op threads per worker (None: the worker's share of the usable CPUs).",
     )
 
     # request limits (the schemas hold the hard caps; these may only lower them)
@@ -107,6 +129,19 @@ class Settings(BaseSettings):
         default=2, ge=1, description="Threads of the executor that runs the CPU-bound model stages."
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 429 answers.")
+    microbatch: bool = Field(
+        default=False,
+        description="Encode the text of concurrent requests together in one batched forward.",
+    )
+    microbatch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=50,
+        description="Longest a request's text waits for others to join its batch (micro-batching).",
+    )
+    microbatch_max: int = Field(
+        default=8, ge=1, le=64, description="Most requests whose text is encoded in one batched forward."
+    )
 
     # metrics
     metrics_multiproc_dir: Path | None = Field(

@@ -51,6 +51,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = sub.add_parser("export", help="write the artifact directory (and model card, ONNX graphs)")
     p.add_argument("--run", type=Path, required=True, help="run folder of `saver train` (or an artifact dir)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write ONNX graphs (text path, vision tiers) to OUT/onnx; large, so not for committing",
+    )
+    p.add_argument("--quantize", action="store_true", help="with --onnx: also an int8 text graph")
     p.set_defaults(func=cmd_export)
 
 
@@ -117,4 +123,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from training.export import export
 
-    export(args.run, args.out)
+    if args.quantize and not args.onnx:
+        raise SystemExit("--quantize needs --onnx")
+    export(args.run, args.out, onnx=args.onnx, quantize=args.quantize)

@@ -7,8 +7,11 @@ class names (by the same base text encoder) so that training evidence reads like
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -24,9 +27,21 @@ log = logging.getLogger(__name__)
 EvidenceStyle = Literal["caption", "pseudo_tags", "none"]
 
 
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SAVER_CACHE_DIR", ".cache/saver")) / "evidence"
+
+
 def _embed_all(encoder: TextEncoder, texts: Sequence[str], batch: int = 256) -> torch.Tensor:
+    """Base-encoder embeddings, cached on disk by (encoder weights, texts): they never change."""
+    key = hashlib.sha256((encoder.identity()["sha256"] + "\x00" + "\x00".join(texts)).encode()).hexdigest()
+    path = _cache_dir() / f"{key}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
     parts = [encoder.embed_evidence(list(texts[i : i + batch])) for i in range(0, len(texts), batch)]
-    return torch.cat(parts) if parts else torch.zeros(0, encoder.bert.config.hidden_size)
+    vectors = torch.cat(parts) if parts else torch.zeros(0, encoder.bert.config.hidden_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(vectors, path)
+    return vectors
 
 
 def pseudo_tags(encoder: TextEncoder, captions: Sequence[str], k: int) -> list[list[str]]:

@@ -97,7 +97,7 @@ def model_card(artifact: Path) -> str:
     return "\n".join(lines)
 
 
-def export(run: Path, out: Path) -> None:
+def export(run: Path, out: Path, onnx: bool = False, quantize: bool = False) -> None:
     src = run / "artifact" if (run / "artifact" / "config.json").is_file() else run
     if src.resolve() != out.resolve():
         out.mkdir(parents=True, exist_ok=True)
@@ -105,4 +105,17 @@ def export(run: Path, out: Path) -> None:
             if (src / name).is_file():
                 shutil.copy2(src / name, out / name)
     (out / "MODEL_CARD.md").write_text(model_card(out))
+    if onnx:
+        export_onnx(out, quantize)
     print(json.dumps({"exported": str(out)}))
+
+
+def export_onnx(artifact: Path, quantize: bool) -> None:
+    """Graphs of the model as loaded from ``artifact`` (fp16-stored weights included), so their key matches
+    what the service computes and it uses them instead of building its own."""
+    from model.artifacts import load_artifacts
+    from model.onnx_export import export_graphs
+    from model.vision import build_backbone
+
+    model, _ = load_artifacts(artifact)
+    export_graphs(model, build_backbone(model.cfg.vision_backbone), artifact / "onnx", quantize=quantize)

@@ -62,17 +62,21 @@ SCHEMA_REFUSED = {
 @pytest.mark.parametrize("url", list(SCHEMA_REFUSED.values()), ids=list(SCHEMA_REFUSED))
 async def test_unfetchable_urls_are_refused_by_the_schema(images: ImageServer, url: str) -> None:
     async with running_app(CLOSED) as (client, _):
-        r = await client.post("/mner", json={"text": GROUNDABLE, "image_urls": ["https://example.org/ok.jpg", url]})
+        r = await client.post(
+            "/mner", json={"text": GROUNDABLE, "image_urls": ["https://example.org/ok.jpg", url]}
+        )
     assert_error(r, 422, "validation_error", "image_urls.1")
     assert images.total_hits == 0
 
 
 async def test_a_thousand_image_urls_are_refused_before_any_work(images: ImageServer) -> None:
     urls = [images.url(f"/gen/rgb.jpg?i={i}") for i in range(1000)]
-    async with running_app(app_settings()) as (client, app):  # even with loopback allowed
+    async with running_app(app_settings()) as (client, _):  # even with loopback allowed
         r = await client.post("/mner", json={"text": GROUNDABLE, "image_urls": urls})
         at_cap = await client.post("/mner", json={"text": GROUNDABLE, "image_urls": urls[:MAX_IMAGE_URLS]})
-        huge = await client.post("/mner", json={"text": GROUNDABLE, "image_urls": [u + "x" * 2000 for u in urls]})
+        huge = await client.post(
+            "/mner", json={"text": GROUNDABLE, "image_urls": [u + "x" * 2000 for u in urls]}
+        )
     assert_error(r, 422, "validation_error", "image_urls")
     assert_error(huge, 413, "payload_too_large")
     assert at_cap.status_code == 200
@@ -157,7 +161,9 @@ NAMES = {
 async def test_names_resolving_to_private_addresses_fall_back(images: ImageServer, name: str) -> None:
     fetcher = guarded_fetcher(FetchPolicy(resolver=fake_dns(NAMES)))
     async with running_app(CLOSED, fetcher=fetcher) as (client, _):
-        r = await client.post("/mner", json={"text": GROUNDABLE, "image_urls": [images.url("/gen/rgb.jpg", name)]})
+        r = await client.post(
+            "/mner", json={"text": GROUNDABLE, "image_urls": [images.url("/gen/rgb.jpg", name)]}
+        )
     _assert_text_only(r.json(), "fetch_failed:blocked_address")
     assert images.total_hits == 0
 
@@ -165,7 +171,9 @@ async def test_names_resolving_to_private_addresses_fall_back(images: ImageServe
 async def test_a_name_that_does_not_resolve_falls_back_with_dns(images: ImageServer) -> None:
     fetcher = guarded_fetcher(FetchPolicy(resolver=fake_dns(NAMES)))
     async with running_app(CLOSED, fetcher=fetcher) as (client, _):
-        r = await client.post("/mner", json={"text": GROUNDABLE, "image_urls": [images.url("/x.jpg", "nowhere.test")]})
+        r = await client.post(
+            "/mner", json={"text": GROUNDABLE, "image_urls": [images.url("/x.jpg", "nowhere.test")]}
+        )
     _assert_text_only(r.json(), "fetch_failed:dns")
 
 

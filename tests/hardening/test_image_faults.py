@@ -44,7 +44,11 @@ async def _post(path_or_url: str, images: ImageServer, **options: Any) -> tuple[
 
 FAULTS = {
     # id: (path, expected fallback reason, options)
-    "drip-one-byte-per-second": ("/drip?interval=1.0&size=5000", "budget_exceeded", {"vision_budget_ms": 1500}),
+    "drip-one-byte-per-second": (
+        "/drip?interval=1.0&size=5000",
+        "budget_exceeded",
+        {"vision_budget_ms": 1500},
+    ),
     "headers-later-than-budget": ("/gen/rgb.jpg?delay=3", "budget_exceeded", {"vision_budget_ms": 500}),
     "endless-body": ("/endless", "fetch_failed:too_large", {"vision_budget_ms": 5000}),
     "declared-1-gb": ("/big?declared=1000000000", "fetch_failed:too_large", {}),
@@ -115,7 +119,9 @@ async def test_exif_rotation_is_applied(images: ImageServer) -> None:
     # Stored 64×32 with the left half red, orientation 6 (rotate 90° clockwise): upright, red is on top.
     pipe = RecordingPipeline()
     async with running_app(app_settings(warmup=False), {"mner": pipe}) as (client, _):
-        await client.post("/mner", json={"text": GROUNDABLE, "image_urls": [images.url("/gen/exif_rotated.jpg")]})
+        await client.post(
+            "/mner", json={"text": GROUNDABLE, "image_urls": [images.url("/gen/exif_rotated.jpg")]}
+        )
     ((_, size, corner),) = pipe.arrived
     assert size == (32, 64)
     assert corner[0] > 200 and corner[2] < 60  # red at the top-left once upright

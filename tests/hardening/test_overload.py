@@ -46,7 +46,11 @@ async def _timed_post(client: httpx.AsyncClient) -> tuple[int, float, httpx.Resp
 
 async def test_three_times_capacity_sheds_quickly_and_recovers() -> None:
     settings = app_settings(
-        max_concurrent_inferences=SLOTS, max_queue=QUEUE, inference_threads=SLOTS, warmup=False, retry_after_s=2
+        max_concurrent_inferences=SLOTS,
+        max_queue=QUEUE,
+        inference_threads=SLOTS,
+        warmup=False,
+        retry_after_s=2,
     )
     async with running_app(settings, {"mner": FixedTimePipeline("mner")}) as (client, app):
         # Capacity: a closed loop with exactly as many clients as compute slots.
@@ -68,7 +72,9 @@ async def test_three_times_capacity_sheds_quickly_and_recovers() -> None:
         for i in range(int(rate * duration)):
             await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
             tasks.append(asyncio.create_task(_timed_post(client)))
-            assert app.state.predictor.admission.admitted <= SLOTS + QUEUE  # the queue never grows past its cap
+            assert (
+                app.state.predictor.admission.admitted <= SLOTS + QUEUE
+            )  # the queue never grows past its cap
         results = await asyncio.gather(*tasks)
         rss_growth = rss_bytes() - rss_before
 
@@ -105,7 +111,9 @@ async def test_three_times_capacity_sheds_quickly_and_recovers() -> None:
 
 async def test_a_burst_far_past_capacity_is_answered_in_full() -> None:
     """200 requests at once against 2 slots + 4 queued: a handful served, the rest shed, all answered."""
-    settings = app_settings(max_concurrent_inferences=SLOTS, max_queue=QUEUE, inference_threads=SLOTS, warmup=False)
+    settings = app_settings(
+        max_concurrent_inferences=SLOTS, max_queue=QUEUE, inference_threads=SLOTS, warmup=False
+    )
     async with running_app(settings, {"mner": FixedTimePipeline("mner")}) as (client, app):
         started = time.perf_counter()
         results = await asyncio.gather(*(_timed_post(client) for _ in range(200)))
