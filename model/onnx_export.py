@@ -1,5 +1,5 @@
-"""ONNX graphs of the heavy stages: the text path (encoder, unit representations, gate, text scores) and
-the two tiers of the vision backbone. The cheap per-request parts (selection, fusion of the few activated
+"""ONNX graphs of the heavy stages: the text path (encoder, unit representations, gate, text scores), the
+base encoder for evidence text, and the two tiers of the vision backbone. The cheap per-request parts (selection, fusion of the few activated
 units, decoding) stay in torch; see ``model/onnx_pipeline.py``.
 
 Graphs live in a directory with a ``manifest.json`` recording the key each graph was built for: a hash of
@@ -11,6 +11,7 @@ otherwise builds it into a cache on first start.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ from model.base import SaverBase
 from model.head import EnergyHead
 from model.lora import LoRALinear, merge_lora
 from model.mner import MnerModel
-from model.text_encoder import TextEncoder
+from model.text_encoder import TextEncoder, file_sha256
 from model.vision.backbone import Tier, VisionBackbone
 
 log = logging.getLogger(__name__)
@@ -251,11 +252,27 @@ def _digest(parts: list[bytes]) -> str:
     return h.hexdigest()[:20]
 
 
+@functools.cache
+def _file_identity(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
+def encoder_identity(encoder: TextEncoder) -> str:
+    """``encoder.identity()`` with the weights' hash computed once per file version: every key needs it,
+    and hashing the 90 MB MiniLM file four times (two tasks, text and evidence) slows startup."""
+    weights = next(iter(sorted(encoder.path.glob("*.safetensors"))), None)
+    identity = {"spec": encoder.cfg.encoder}  # not the path: graphs shipped in artifacts must match anywhere
+    if weights is not None:
+        stat = weights.stat()
+        identity["sha256"] = _file_identity(str(weights), stat.st_size, stat.st_mtime_ns)
+    return json.dumps(identity, sort_keys=True)
+
+
 def text_graph_key(model: SaverBase) -> str:
     """Config, every stored tensor (heads, gate, LoRA deltas) and the encoder's own weights hash."""
     parts = [f"format={GRAPH_FORMAT} torch={torch.__version__}".encode()]
     parts.append(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
-    parts.append(json.dumps(model.encoder.identity(), sort_keys=True).encode())
+    parts.append(encoder_identity(model.encoder).encode())
     for name, tensor in sorted(stored_state(model).items()):
         parts.append(name.encode())
         parts.append(tensor.contiguous().numpy().tobytes())
@@ -267,7 +284,7 @@ def evidence_graph_key(encoder: TextEncoder) -> str:
     return _digest(
         [
             f"format={GRAPH_FORMAT} torch={torch.__version__}".encode(),
-            json.dumps(encoder.identity(), sort_keys=True).encode(),
+            encoder_identity(encoder).encode(),
         ]
     )
 

@@ -1,5 +1,6 @@
 """``SaverPipeline`` with its heavy stages in ONNX Runtime: the text path (encoder with shape features, unit
-representations, gate, text scores) and the vision backbone's screen and detail tiers.
+representations, gate, text scores), the base encoder that embeds evidence text (backbone tags), and the
+vision backbone's screen and detail tiers.
 
 Everything per-request and cheap is inherited from ``TorchPipeline`` unchanged: activation, selection,
 fusion of the few activated units through the small torch heads, and decoding. Tokenisation stays in
@@ -166,6 +167,7 @@ class OnnxPipeline(TorchPipeline):
         super().__init__(model, backbone_factory, name=name, version=version, trained=trained)
         self.text_session = make_session(text_graph, threads)
         self.text_graph = text_graph
+        self.evidence_graph = evidence_graph
         self.evidence_session = None if evidence_graph is None else make_session(evidence_graph, threads)
         if release_encoder:
             if evidence_graph is None and "text" in model.cfg.evidence_channels:

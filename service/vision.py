@@ -107,9 +107,7 @@ class VisionPath:
             picks = await stage(
                 "select", self.pipeline.select, result, activated, [screened[u] for u in available]
             )
-            # One list per gate unit; anything beyond (e.g. one per MRE argument) is not a gate unit.
-            chosen = [[available[i] for i in unit_picks] for unit_picks in list(picks)[: len(activated)]]
-            chosen += [[] for _ in range(len(activated) - len(chosen))]
+            chosen = [[available[i] for i in unit_picks] for unit_picks in picks]  # one list per gate unit
 
         needed = list(dict.fromkeys(u for unit_urls in chosen for u in unit_urls))
         await self._fetch([u for u in needed if u not in images], deadline, images, errors, out, fetch_timer)

@@ -52,7 +52,7 @@ def test_graph_key_follows_the_stored_weights_and_config(model: MnerModel) -> No
     assert key == text_graph_key(model)
     changed = copy.deepcopy(model)
     with torch.no_grad():
-        changed.gate.mlp[0].bias.add_(1e-3)
+        changed.span_rep.width_embedding.weight.add_(1e-3)
     assert text_graph_key(changed) != key
     other = copy.deepcopy(model)
     other.cfg = SaverConfig(candidate_none_max=0.9)

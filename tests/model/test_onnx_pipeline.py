@@ -29,8 +29,15 @@ from model.loading import MNRE_RELATIONS, OnnxOptions, load_pipeline
 from model.lora import LoRALinear
 from model.mner import MnerModel
 from model.mre import MreModel
-from model.onnx_export import MANIFEST, TEXT_GRAPH, ensure_text_graph, ensure_tier_graphs
-from model.onnx_pipeline import OnnxBackbone, OnnxPipeline, available_cpus
+from model.onnx_export import (
+    EVIDENCE_GRAPH,
+    MANIFEST,
+    TEXT_GRAPH,
+    GraphDir,
+    ensure_tier_graphs,
+    evidence_graph_key,
+)
+from model.onnx_pipeline import OnnxBackbone, OnnxPipeline, available_cpus, onnx_pipeline
 from model.pipeline import MnerResult, MreResult, SaverPipeline, TextRequest
 from model.text_encoder import TextEncoder
 from tests.model.conftest import FakeBackbone, make_images
@@ -64,18 +71,21 @@ def randomise(model: MnerModel | MreModel, wake: Callable[[EnergyHead], None]) -
 def pipelines(
     model: MnerModel | MreModel, cache: Path, backbone: FakeBackbone
 ) -> tuple[TorchPipeline, OnnxPipeline]:
+    """A torch pipeline and an ONNX one on the same model and (fake) backbone."""
     torch_pipe = TorchPipeline(model, lambda: backbone, name="t", version="0", trained=False)
+    built = onnx_pipeline(model, ArtifactInfo(name="o"), cache_dir=cache, threads=1, release_encoder=False)
     graphs = ensure_tier_graphs(backbone, cache / "vision-fake", key="fake")
-    text_graph = ensure_text_graph(model, cache / "text")
     onnx_pipe = OnnxPipeline(
         model,
-        text_graph,
+        built.text_graph,
         lambda: OnnxBackbone(backbone, graphs, threads=1),
         name="o",
         version="0",
         trained=False,
         threads=1,
+        evidence_graph=cache / f"evidence-{evidence_graph_key(model.encoder)}" / EVIDENCE_GRAPH,
     )
+    assert onnx_pipe.evidence_session is not None  # evidence text (backbone tags) goes through ONNX too
     return torch_pipe, onnx_pipe
 
 
@@ -207,11 +217,12 @@ def test_vision_tiers_match_torch(mner_pair: tuple[TorchPipeline, OnnxPipeline])
     images = make_images(4, seed=3)
     a, b = torch_pipe.screen(images), onnx_pipe.screen(images)
     for x, y in zip(a, b, strict=True):
-        np.testing.assert_allclose(x.vector, y.vector, atol=ATOL)
+        np.testing.assert_allclose(x.vector, y.vector, atol=ATOL)  # image + evidence-text channels
         assert x.tags == y.tags
     da, db = torch_pipe.detail(images[:2]), onnx_pipe.detail(images[:2])
-    for x, y in zip(da, db, strict=True):
-        np.testing.assert_allclose(x.payload["regions"].numpy(), y.payload["regions"].numpy(), atol=ATOL)
+    for u, v in zip(da, db, strict=True):
+        np.testing.assert_allclose(u.payload["regions"].numpy(), v.payload["regions"].numpy(), atol=ATOL)
+        np.testing.assert_allclose(u.payload["text"].numpy(), v.payload["text"].numpy(), atol=ATOL)
 
 
 @pytest.fixture
@@ -234,8 +245,13 @@ def test_graphs_in_the_artifacts_are_used_and_stale_ones_are_not(
         art, "mner", encoder=enc, backend="onnx", onnx=OnnxOptions(cache_dir=cache, threads=1)
     )
     assert isinstance(first, OnnxPipeline) and first.text_graph.parent.parent == cache
-    # what `saver export --onnx` leaves behind: the same graph inside the artifact directory
-    shutil.copytree(first.text_graph.parent, art / "onnx")
+    # what `saver export --onnx` leaves behind: the same graphs inside the artifact directory
+    shipped = GraphDir(art / "onnx")
+    shipped.path.mkdir()
+    assert first.evidence_graph is not None
+    for graph in (first.text_graph, first.evidence_graph):
+        shutil.copy(graph, shipped.path / graph.name)
+        shipped.record(graph.name, GraphDir(graph.parent).manifest()[graph.name])
     shutil.rmtree(cache)
     options = OnnxOptions(cache_dir=cache, threads=1)
     second = load_pipeline(art, "mner", encoder=copy.deepcopy(enc), backend="onnx", onnx=options)
@@ -252,6 +268,21 @@ def test_graphs_in_the_artifacts_are_used_and_stale_ones_are_not(
         TorchPipeline(model, FakeBackbone, name="t", version="0", trained=True).encode_text(text=tweet).gate,
         atol=ATOL,
     )
+
+
+def test_the_built_pipeline_frees_the_torch_encoder_and_still_agrees(
+    mner_pair: tuple[TorchPipeline, OnnxPipeline],
+) -> None:
+    torch_pipe, onnx_pipe = mner_pair
+    cache = onnx_pipe.text_graph.parent.parent
+    model = copy.deepcopy(torch_pipe.model)
+    built = onnx_pipeline(model, ArtifactInfo(name="b"), cache_dir=cache, threads=1)  # graphs found by key
+    assert built.text_graph == onnx_pipe.text_graph
+    assert all(p.is_meta for p in model.encoder.bert.parameters())
+    for tweet in TWEETS[:2]:
+        np.testing.assert_allclose(
+            built.encode_text(text=tweet).gate, torch_pipe.encode_text(text=tweet).gate, atol=ATOL
+        )
 
 
 def test_available_cpus_respects_the_affinity_mask() -> None:
