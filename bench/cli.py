@@ -48,6 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--posts", type=Path, help=f"UMT-format posts (default: {DEFAULT_POSTS} when present)")
     p.add_argument("--max-posts", type=int, help="use only the first N posts")
+    p.add_argument(
+        "--images-per-post",
+        default="1-4",
+        help="images per post: a range LOW-HIGH (uniform, seeded) or one number",
+    )
     p.add_argument("--duration", type=float, default=60.0, help="measured seconds over all modes")
     p.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds first")
     p.add_argument("--round", type=float, default=3.0, help="seconds per interleaved round")
@@ -192,7 +197,10 @@ def write_outputs(
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[Sample]]]:
-    posts: list[Post] = load_posts(args.posts, seed=args.seed, limit=args.max_posts)
+    low, _, high = args.images_per_post.partition("-")
+    posts: list[Post] = load_posts(
+        args.posts, seed=args.seed, limit=args.max_posts, min_images=int(low), max_images=int(high or low)
+    )
     cdn_config = CdnConfig(
         latency_ms=args.cdn_latency_ms,
         jitter_ms=args.cdn_jitter_ms,

@@ -75,13 +75,15 @@ def images_for(seed: int, index: int, post_id: str, low: int = 1, high: int = 4)
     return random.Random(f"{seed}:{index}:{post_id}").randint(low, high)
 
 
-def load_posts(path: Path, seed: int = 0, limit: int | None = None, max_images: int = 4) -> list[Post]:
+def load_posts(
+    path: Path, seed: int = 0, limit: int | None = None, max_images: int = 4, min_images: int = 1
+) -> list[Post]:
     """The posts of a UMT file in file order, each with its seeded image count."""
     raw = read_umt_words(path)[:limit]
     if not raw:
         raise ValueError(f"{path}: no posts with words")
     return [
-        Post(post_id, tuple(words), images_for(seed, i, post_id, 1, max_images))
+        Post(post_id, tuple(words), images_for(seed, i, post_id, min_images, max_images))
         for i, (post_id, words) in enumerate(raw)
     ]
 

@@ -29,6 +29,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--delta", type=float, default=0.05)
     p.add_argument("--method", choices=["bonferroni", "fixed_sequence"], default="bonferroni")
     p.add_argument("--harm", choices=["forced_vision_wrong", "not_groundable"], default="forced_vision_wrong")
+    p.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="calibrate on a seeded random share of the posts (as `train` does)",
+    )
+    p.add_argument("--seed", type=int, default=13, help="seed of that split")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="evaluate artifacts on a data file (SPEC §5)")
@@ -87,14 +94,18 @@ def _data_spec(args: argparse.Namespace, captions: list[str]):  # type: ignore[n
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from model.artifacts import load_artifacts
-    from training.workflow import build_evidence, calibrate, load_examples
+    from training.workflow import build_evidence, calibrate, load_examples, split_for_calibration
 
     model, _ = load_artifacts(args.artifacts)
     spec = _data_spec(args, args.captions)
     examples = load_examples(model.cfg.task, args.data, spec)
+    if args.fraction < 1.0:
+        examples, _ = split_for_calibration(examples, args.fraction, args.seed)
     evidence = build_evidence(model, examples, spec)
     record = calibrate(model, examples, evidence, args.alpha, args.delta, args.method, args.harm)
-    record["data"] = ", ".join(args.data)
+    record["data"] = ", ".join(args.data) + (
+        f" (random {args.fraction:.0%}, seed {args.seed})" if args.fraction < 1 else ""
+    )
     (args.artifacts / "calibration.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 

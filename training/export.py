@@ -11,7 +11,7 @@ from model.artifacts import read_json
 
 
 def _fmt(v: Any) -> str:
-    return "n/a" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+    return "n/a" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
 
 def model_card(artifact: Path) -> str:
@@ -72,7 +72,12 @@ def model_card(artifact: Path) -> str:
     if dev:
         lines += [
             "",
-            "## Dev figures (caption-derived evidence, not real images)",
+            "## Dev figures"
+            + (
+                " (caption-derived evidence, not real images)"
+                if task == "mner"
+                else " (no image evidence exists for these posts, so the three vision modes coincide)"
+            ),
             "",
             "| split | vision | P | R | F1 | activation rate (units) | requests activated | harm among activated | groundability AUROC |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -85,6 +90,8 @@ def model_card(artifact: Path) -> str:
                     f" {_fmt(g.get('activation_rate'))} | {_fmt(g.get('requests_activated'))} |"
                     f" {_fmt(g.get('harm_rate_activated'))} | {_fmt(g.get('auroc_groundability'))} |"
                 )
+        if metrics.get("dev_note"):
+            lines.append(f"\n{metrics['dev_note']}")
         lines.append(f"\nTraining time: {_fmt(dev.get('train_seconds'))} s on 2 CPU cores.")
     lines += [
         "",
