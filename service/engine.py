@@ -133,7 +133,11 @@ class TaskEngine:
             started = time.perf_counter()
             text_result = await self.batcher.encode(TextRequest(text, tokens, head, tail))
             timings["text_encode"] += time.perf_counter() - started
-        wanted = np.asarray(await stage("gate", self.pipeline.activation, text_result, mode), dtype=bool)
+        # The gate decision is a comparison over the U scores already computed with the text: run it
+        # inline, since a hop through the executor would cost more than the work under load.
+        started = time.perf_counter()
+        wanted = np.asarray(self.pipeline.activation(text_result, mode), dtype=bool)
+        timings["gate"] += time.perf_counter() - started
 
         outcome: VisionOutcome | None = None
         fallback: str | None = None
