@@ -25,6 +25,7 @@ import numpy as np
 from model.loading import Backend, OnnxOptions, load_pipeline
 from model.pipeline import MnerResult, TextRequest
 from training.data.readers import read_umt
+from training.datasets import UNIFIED_TYPES
 from training.metrics import entity_prf
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def decode(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    examples = read_umt(args.data)[: args.limit or None]
+    examples = read_umt(args.data, UNIFIED_TYPES)[: args.limit or None]
     requests = [TextRequest(tokens=list(ex.tokens)) for ex in examples]
     gold = [list(ex.spans) for ex in examples]
     cache = args.cache or Path(tempfile.mkdtemp(prefix="onnx-cache-"))

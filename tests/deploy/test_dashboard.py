@@ -71,6 +71,22 @@ def test_the_issue_s_panels_are_there(dashboard_tools: ModuleType) -> None:
         assert needle in exprs, needle
 
 
+def test_drift_panel_draws_the_alert_s_factor_either_way(dashboard_tools: ModuleType) -> None:
+    # The alert's final `> N` on the folded ratio max(r, 1/r) is the one place the factor is set; the
+    # panel plots r = live / calibrated itself, so it must draw both N and 1/N.
+    (alert,) = [r for r in dashboard_tools.rule_expressions() if r.name == "SaverGateActivationDrift"]
+    threshold = re.fullmatch(r"(?s).*>\s*([0-9.]+)\s*", alert.expr)
+    assert threshold, alert.expr
+    factor = float(threshold.group(1))
+    assert factor == builder.DRIFT_FACTOR
+    panels = dashboard_tools.data_panels(dashboard_tools.load_dashboard())
+    (panel,) = [p for p in panels if "drift" in p["title"]]
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert sorted(s["value"] for s in steps if s["value"] is not None) == [1 / factor, factor]
+    assert panel["fieldConfig"]["defaults"]["unit"] == "none"
+    assert "/ on (endpoint) max by (endpoint) (saver_gate_calibrated_coverage" in panel["targets"][0]["expr"]
+
+
 def test_quantiles_are_never_summed_or_averaged(dashboard_tools: ModuleType) -> None:
     for query in dashboard_tools.dashboard_queries(dashboard_tools.load_dashboard()):
         assert not re.search(r"(sum|avg|max|min)(\s+by\s*\([^)]*\))?\s*\(\s*histogram_quantile", query.expr)

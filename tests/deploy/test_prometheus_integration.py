@@ -228,12 +228,15 @@ def test_every_rule_evaluates_with_data(prometheus: Any, dashboard_tools: Module
 
 
 def test_drift_signal_compares_live_activation_with_calibration(prometheus: Any) -> None:
-    coverage = prometheus.query('job_endpoint:saver_gate_calibrated_coverage:max{endpoint="mner"}')
-    activation = prometheus.query('job_endpoint:saver_gate_unit_activation:ratio_rate1h{endpoint="mner"}')
-    drift = prometheus.query('job_endpoint:saver_gate_activation_drift:ratio_rate1h{endpoint="mner"}')
-    values = [float(r[0]["value"][1]) for r in (coverage, activation, drift)]
-    assert 0 < values[1] < 1
-    assert values[2] == pytest.approx(values[1] - values[0], abs=0.05)  # evaluated a second apart at most
+    # All four as of 2 s ago: recorded by one finished evaluation of the group, at one timestamp.
+    at = time.time() - 2
+    names = ["calibrated_coverage:max", "unit_activation:ratio_rate1h", "activation_drift:ratio_rate1h"]
+    names.append("activation_drift:fold_rate1h")
+    results = [prometheus.query(f'job_endpoint:saver_gate_{name}{{endpoint="mner"}}', at) for name in names]
+    coverage, activation, ratio, fold = (float(r[0]["value"][1]) for r in results)
+    assert 0 < coverage < 1 and 0 < activation < 1
+    assert ratio == pytest.approx(activation / coverage, rel=1e-9)
+    assert fold == pytest.approx(max(ratio, 1 / ratio), rel=1e-9)
 
 
 def test_hpa_metric_of_the_adapter_rule_has_data(prometheus: Any) -> None:
