@@ -50,8 +50,8 @@ logger = logging.getLogger(__name__)
 
 
 def default_grid() -> NDArray[np.float64]:
-    """The SPEC's 101 thresholds 0.00, 0.01, …, 1.00."""
-    return np.linspace(0.0, 1.0, 101)
+    """The SPEC's 101 thresholds 0.00, 0.01, …, 1.00 (rounded, so τ reads 0.57 and not 0.5700000000000001)."""
+    return np.round(np.linspace(0.0, 1.0, 101), 2)
 
 
 def activation_rate(scores: ArrayLike, tau: float) -> float:

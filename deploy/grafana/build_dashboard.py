@@ -62,11 +62,11 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Unit activation rate vs calibrated coverage",
                 "Share of units (candidate spans / entity pairs) the gate sent to vision, next to the "
                 "coverage measured on the calibration split. Under traffic like the calibration data the "
-                "two agree; a lasting gap is drift (alert SaverGateActivationDrift).",
+                "two agree; a lasting gap is drift (alert SaverGateActivationDrift). The axis scales to the "
+                "data: a calibrated gate may activate well under 1 % of units.",
                 "percentunit",
                 [(UNIT_ACTIVATION, "{{endpoint}} live"), (CALIBRATED, "{{endpoint}} calibrated")],
                 width=12,
-                max_value=1.0,
             ),
             Panel(
                 "Request activation rate",
