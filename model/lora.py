@@ -51,6 +51,14 @@ def add_lora(module: nn.Module, targets: tuple[str, ...], rank: int, alpha: floa
     return count
 
 
+def strip_lora(module: nn.Module) -> None:
+    """Replace every LoRALinear by its frozen base Linear, in place (the base weights, adapters dropped)."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(parent, name, child.base)
+
+
 def merge_lora(module: nn.Module) -> None:
     """Replace every LoRALinear by its merged Linear, in place."""
     for parent in list(module.modules()):

@@ -28,7 +28,7 @@ from torch import nn
 from model.artifacts import stored_state
 from model.base import SaverBase
 from model.head import EnergyHead
-from model.lora import LoRALinear, merge_lora
+from model.lora import merge_lora, strip_lora
 from model.mner import MnerModel
 from model.text_encoder import TextEncoder, file_sha256
 from model.vision.backbone import Tier, VisionBackbone
@@ -107,10 +107,7 @@ class EvidenceTextGraph(nn.Module):
     def __init__(self, encoder: TextEncoder) -> None:
         super().__init__()
         self.bert = copy.deepcopy(encoder.bert).eval()
-        for parent in list(self.bert.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, LoRALinear):
-                    setattr(parent, name, child.base)
+        strip_lora(self.bert)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (T, S, H)

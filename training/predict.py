@@ -65,10 +65,11 @@ def predict_mner(
         has_ev = torch.tensor([batch.evidence[p] is not None for p in out.post_of_unit])
         candidate = has_ev & (none_prob < model.cfg.candidate_none_max)
         conf, pred = out.probs.max(-1)
+        # gold labels per post, decoded from BIO once per post rather than once per candidate span
+        gold = [{(s0, e0): index.get(t, 0) for s0, e0, t in ex.spans} for ex in chunk]
         for a, (p, (st, en)) in enumerate(zip(out.post_of_unit, out.spans.tolist(), strict=True)):
             ex = chunk[p]
-            gold = {(g[0], g[1]): index.get(g[2], 0) for g in ex.spans}
-            g = gold.get((st, en), 0)
+            g = gold[p].get((st, en), 0)
             if g == 0 and not candidate[a] and not s.gamma[a]:
                 continue  # confidently-NONE spans: not units the gate ever considers
             rec.post.append(position[id(ex)])
