@@ -17,7 +17,7 @@ from model.pipeline import ScreenedImage
 from service.fake import FakePipeline
 from tests.hardening.helpers import GROUNDABLE
 from tests.service.apphelpers import app_settings, running_app
-from tests.service.imageserver import ImageServer
+from tests.service.imageserver import ImageServer, fixture_bytes
 
 
 class RecordingPipeline(FakePipeline):
@@ -101,6 +101,9 @@ async def test_odd_but_valid_images_reach_the_model_as_rgb(
     images: ImageServer, path: str, size: tuple[int, int], corner: tuple[int, int, int] | None
 ) -> None:
     pipe = RecordingPipeline()
+    # Build the served body first: the test server makes fixtures lazily (the 3000-frame GIF takes seconds on a
+    # busy machine), and that preparation must not eat the request's vision budget.
+    fixture_bytes(path.removeprefix("/gen/").split("?")[0])
     started = time.monotonic()
     async with running_app(app_settings(warmup=False), {"mner": pipe}) as (client, _):
         r = await client.post("/mner", json={"text": GROUNDABLE, "image_urls": [images.url(path)]})
