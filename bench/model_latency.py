@@ -29,6 +29,8 @@ from PIL import Image
 from model.artifacts import stored_state
 from model.inference import TorchPipeline
 from model.loading import load_pipeline, untrained_pipeline
+from model.pipeline import TextRequest
+from model.runner import run_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -75,29 +77,13 @@ class StageTimer:
 
 def text_only(pipe: TorchPipeline, images: list[Image.Image]) -> dict[str, float]:
     t = StageTimer()
-    result = t("encode_text", pipe.encode_text, TWEET)
-    activated = t("activation", pipe.activation, result, "never")
-    t("fuse", pipe.fuse, result, activated, [[] for _ in activated], {}, {})
+    run_pipeline(pipe, TextRequest(TWEET), images, "never", stage=t)
     return t.ms
 
 
 def always_on(pipe: TorchPipeline, images: list[Image.Image]) -> dict[str, float]:
     t = StageTimer()
-    result = t("encode_text", pipe.encode_text, TWEET)
-    activated = t("activation", pipe.activation, result, "always")
-    screened = t("screen", pipe.screen, images)
-    selected = t("select", pipe.select, result, activated, screened)
-    wanted = sorted({i for sel in selected for i in sel})
-    details = t("detail", pipe.detail, [images[i] for i in wanted])
-    t(
-        "fuse",
-        pipe.fuse,
-        result,
-        activated,
-        selected,
-        dict(zip(wanted, details, strict=True)),
-        dict(enumerate(screened)),
-    )
+    run_pipeline(pipe, TextRequest(TWEET), images, "always", stage=t)
     return t.ms
 
 

@@ -173,6 +173,7 @@ def calibrate_threshold(
     method: Method = "bonferroni",
     grid: ArrayLike | None = None,
     harm_definition: str = "forced_vision_wrong",
+    groups: ArrayLike | None = None,
 ) -> CalibrationResult:
     """Choose the gate threshold τ with the highest coverage whose harm rate is certified ≤ α.
 
@@ -184,6 +185,9 @@ def calibrate_threshold(
         method: ``"bonferroni"`` or ``"fixed_sequence"`` (see the module docstring).
         grid: thresholds to try; default :func:`default_grid` (101 values).
         harm_definition: ``"forced_vision_wrong"`` (the paper's) or ``"not_groundable"``; recorded only.
+        groups: optional group label per unit (e.g. the dataset). Then a threshold is feasible only if it
+            is certified in every group, each at level δ / (number of groups): the guarantee then holds
+            for every group, not only for their pooled mixture.
 
     Returns:
         A :class:`CalibrationResult`. When no threshold is certified, ``tau`` is ``math.inf`` (never
@@ -198,17 +202,33 @@ def calibrate_threshold(
 
     curve = risk_curve(scores, harm, grid)
     grid_size = int(curve.tau.size)
-    level = delta / grid_size if method == "bonferroni" else delta
-    bounds = clopper_pearson_upper_many(curve.n_harm, curve.n_activated, level)
-    passed = (curve.n_activated > 0) & (bounds <= alpha)
+    by_group = _group_curves(scores, harm, groups, curve.tau)
+    n_tests = max(len(by_group), 1)
+    level = delta / n_tests / (grid_size if method == "bonferroni" else 1)
+    tested = by_group or {"": curve}
+    group_bounds = {
+        name: clopper_pearson_upper_many(c.n_harm, c.n_activated, level) for name, c in tested.items()
+    }
+    # a threshold passes only where it passes in every group; its reported bound is the worst group's
+    passed = np.logical_and.reduce(
+        [(c.n_activated > 0) & (group_bounds[name] <= alpha) for name, c in tested.items()]
+    )
+    bounds = np.max(np.stack(list(group_bounds.values())), axis=0)
     stopped: int | None = None
+    scan_start: float | None = None
     if method == "bonferroni":
         chosen = _choose_bonferroni(passed)
     else:
-        # The best a threshold could do is zero harms among its activated units.
-        best_case = clopper_pearson_upper_many(0, curve.n_activated, level)
-        can_pass = (curve.n_activated > 0) & (best_case <= alpha)
+        # The best a threshold could do is zero harms among its activated units, in every group.
+        can_pass = np.logical_and.reduce(
+            [
+                (c.n_activated > 0) & (clopper_pearson_upper_many(0, c.n_activated, level) <= alpha)
+                for c in tested.values()
+            ]
+        )
         chosen, stopped = _choose_fixed_sequence(passed, can_pass)
+        testable = np.flatnonzero(can_pass)
+        scan_start = float(curve.tau[testable[-1]]) if testable.size else None
 
     coverage, risk = curve.coverage, curve.risk
     columns = (
@@ -249,5 +269,43 @@ def calibrate_threshold(
         reason=reason,
         harm_definition=harm_definition,
         grid_size=grid_size,
+        groups=_group_figures(by_group, group_bounds, chosen if chosen is not None else stopped),
+        test_level=level,
+        scan_start_tau=scan_start,
         curve=points,
     )
+
+
+def _group_curves(
+    scores: ArrayLike, harm: ArrayLike, groups: ArrayLike | None, grid: NDArray[np.float64]
+) -> dict[str, RiskCurve]:
+    if groups is None:
+        return {}
+    labels = np.asarray(groups).astype(str)
+    score_arr, harm_arr = np.asarray(scores, dtype=np.float64), np.asarray(harm)
+    if labels.shape != score_arr.shape:
+        raise ValueError(f"groups must have one label per unit, got {labels.shape} for {score_arr.shape}")
+    return {
+        str(g): risk_curve(score_arr[labels == g], harm_arr[labels == g], grid) for g in np.unique(labels)
+    }
+
+
+def _group_figures(
+    by_group: dict[str, RiskCurve], bounds: dict[str, NDArray[np.float64]], chosen: int | None
+) -> dict[str, dict[str, float]]:
+    """Each group's figures at the chosen threshold; when none was certified, at the one where the scan
+    stopped (with ``tau``), so a reader sees which group failed and by how much."""
+    figures = {}
+    for name, c in by_group.items():
+        if chosen is None:
+            figures[name] = {"n": c.n, "n_activated": 0, "coverage": 0.0, "risk": 0.0, "bound": 0.0}
+        else:
+            figures[name] = {
+                "tau": float(c.tau[chosen]),
+                "n": c.n,
+                "n_activated": int(c.n_activated[chosen]),
+                "coverage": float(c.coverage[chosen]),
+                "risk": float(c.risk[chosen]),
+                "bound": float(bounds[name][chosen]),
+            }
+    return figures

@@ -45,6 +45,13 @@ class CalibrationResult:
     reason: str  # one human-readable sentence on why this tau was chosen
     harm_definition: str = "forced_vision_wrong"  # one of HARM_DEFINITIONS
     grid_size: int = 101  # thresholds tried; Bonferroni splits delta over them
+    # Per group (dataset) at the chosen τ: n, n_activated, coverage, risk, bound. When groups are given,
+    # τ had to pass in every group, each tested at level δ / (number of groups) (a union bound), so the
+    # guarantee holds for each group's distribution, not only for the pooled mixture.
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
+    test_level: float = 0.0  # the level each Clopper–Pearson test used
+    # fixed_sequence: the highest τ actually tested (thresholds above it were vacuous, see conformal.py)
+    scan_start_tau: float | None = None
     # Per-threshold evidence, ascending in tau: dicts with tau, n_activated, coverage, risk, bound.
     # Kept out of repr and summary(): it is for plots and audits, not for the serving path.
     curve: tuple[dict[str, float], ...] = field(default=(), repr=False, compare=False)
@@ -75,6 +82,9 @@ class CalibrationResult:
             "reason": self.reason,
             "harm_definition": self.harm_definition,
             "grid_size": self.grid_size,
+            "test_level": self.test_level,
+            "scan_start_tau": self.scan_start_tau,
+            "groups": {name: dict(figures) for name, figures in self.groups.items()},
         }
 
     def to_dict(self, include_curve: bool = True) -> dict[str, Any]:
@@ -117,6 +127,9 @@ class CalibrationResult:
             reason=str(record.get("reason", "")),
             harm_definition=str(record.get("harm_definition", "forced_vision_wrong")),
             grid_size=int(record.get("grid_size", 101)),
+            groups={k: {kk: float(vv) for kk, vv in v.items()} for k, v in record.get("groups", {}).items()},
+            test_level=float(record.get("test_level", 0.0)),
+            scan_start_tau=None if record.get("scan_start_tau") is None else float(record["scan_start_tau"]),
             curve=curve,
         )
 

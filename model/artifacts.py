@@ -53,6 +53,9 @@ def stored_state(model: SaverBase) -> dict[str, torch.Tensor]:
 
 
 def threshold_from_calibration(calibration: dict[str, Any]) -> float:
+    """τ of a ``calibration.json`` record; +inf for "never activate". Without any calibration (an
+    untrained or hand-built model) the gate's midpoint 0.5 is used, and such a model says it is not
+    calibrated wherever it is described."""
     if not calibration:
         return 0.5
     if calibration.get("never_activate") or calibration.get("tau") is None:
@@ -123,6 +126,5 @@ def load_artifacts(path: Path, encoder: TextEncoder | None = None) -> tuple[Save
         calibration=calibration,
         metrics=metrics,
     )
-    model.threshold = threshold_from_calibration(calibration)
     model.eval()
     return model, info

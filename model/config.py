@@ -39,10 +39,14 @@ class SaverConfig:
     # gate
     gate_hidden: int = 128
     pair_rule: Literal["max", "noisy_or", "mean", "learned"] = "max"  # MRE: entity gates -> pair gate
-    gate_target: Literal["utility", "groundability"] = "utility"
+    gate_target: Literal["utility", "groundability", "mix"] = "utility"  # what the gate's BCE learns
     # MNER: only spans the text path finds plausible (P(NONE) below this) are gate candidates; the rest
     # keep their confident text-only answer, so a post without a plausible entity never fetches images
     candidate_none_max: float = 0.95
+    # k > 0: the gate's score is g(u) = P(groundable | text) x (max_y p_text(y | u))^k, so that vision goes
+    # where an image can show the unit *and* its answer is reliable: the calibrated harm (the answer after
+    # vision is wrong) counts the text path's own errors too. 0 = the groundability probability alone.
+    gate_confidence_power: float = 0.0
     # vision
     vision_backbone: str = "efficientnet-lite0"  # or "hf:/path/to/clip-or-siglip"
     vision_dim: int = 1280  # backbone feature size

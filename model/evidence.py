@@ -16,11 +16,19 @@ from torch import nn
 
 @dataclass
 class PostEvidence:
-    """Evidence for one post; every present tensor has the same first dimension M."""
+    """Evidence for one post; every present tensor has the same first dimension M.
+
+    ``text``/``image``/``regions`` are what the Set Transformer reads (the detail tier for real images);
+    ``screen_text``/``screen_image``, when present, are the cheap tier the selector compares units with
+    (the service screens every fetched image, then detail-encodes only the selected ones). Captions have
+    one tier: the screen fields stay None and selection reads the same vectors.
+    """
 
     text: torch.Tensor | None = None  # (M, H_text) caption / tag embeddings
     image: torch.Tensor | None = None  # (M, D_v) global image vectors
     regions: torch.Tensor | None = None  # (M, R, D_v) region grid
+    screen_text: torch.Tensor | None = None  # (M, H_text) screen-tier tag embeddings
+    screen_image: torch.Tensor | None = None  # (M, D_v) screen-tier global vectors
 
     def __len__(self) -> int:
         for t in (self.text, self.image):
@@ -59,6 +67,12 @@ class EvidenceEncoder(nn.Module):
                 "evidence has none of the channels this model reads: " + ", ".join(self.channels)
             )
         return self.norm(torch.stack(parts).sum(0) + self.kind.weight[0])
+
+    def screen_items(self, evidence: PostEvidence) -> torch.Tensor:
+        """(M, d) the selector's item vectors: the screen tier where the evidence has one."""
+        if evidence.screen_text is None and evidence.screen_image is None:
+            return self.items(evidence)
+        return self.items(PostEvidence(text=evidence.screen_text, image=evidence.screen_image))
 
     def tokens(
         self, evidence: PostEvidence, selected: list[int], queries: torch.Tensor, top_regions: int

@@ -13,15 +13,19 @@ PairRule = Literal["max", "noisy_or", "mean", "learned"]
 
 
 class GroundabilityGate(nn.Module):
-    """g(u) = sigmoid(MLP(unit)); computed before any image is touched."""
+    """g(u) = sigmoid(MLP(features of u)); computed from the text alone, before any image is touched.
 
-    def __init__(self, d_model: int, hidden: int) -> None:
+    The features (``SaverBase.gate_features``) are the unit vector, the text path's label distribution
+    for it and the post's mean word vector: whether an image can show an entity depends on what kind of
+    entity it is (a person far more often than a location) and on what the post is about."""
+
+    def __init__(self, d_in: int, hidden: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.mlp = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
-    def forward(self, units: torch.Tensor) -> torch.Tensor:
-        """units (..., D) -> gate logits (...)."""
-        return self.mlp(units).squeeze(-1)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features (..., D_in) -> gate logits (...)."""
+        return self.mlp(features).squeeze(-1)
 
 
 class PairGate(nn.Module):

@@ -85,6 +85,22 @@ class EnergyHead(nn.Module):
         route = self.router(torch.cat([units, torch.zeros_like(units)], dim=-1))
         return RouteOutput(self.text(units) + route.scores, route.balance_loss)
 
+    def text_scores_dense(self, units: torch.Tensor) -> torch.Tensor:
+        """``text_scores(units).scores`` for units of any leading shape, computed densely: every expert on
+        every unit, weighted by the router's renormalised top-k probabilities (zero elsewhere). Same
+        numbers, without the data-dependent ``nonzero`` of the sparse router, which a traced graph would
+        freeze."""
+        router = self.router
+        x = torch.cat([units, torch.zeros_like(units)], dim=-1)  # (..., 2d)
+        probs = torch.softmax(router.router(x), dim=-1)  # (..., E)
+        top_p, top_i = probs.topk(router.top_k, dim=-1)  # (..., k)
+        weights = top_p / top_p.sum(-1, keepdim=True)
+        n_experts = len(router.experts)
+        one_hot = (top_i.unsqueeze(-1) == torch.arange(n_experts)).to(x.dtype)  # (..., k, E)
+        mix = (one_hot * weights.unsqueeze(-1)).sum(-2)  # (..., E)
+        experts = torch.stack([expert(x) for expert in router.experts], dim=-2)  # (..., E, C)
+        return self.text(units) + (mix.unsqueeze(-1) * experts).sum(-2)
+
     def forward(self, units: torch.Tensor, evidence: torch.Tensor, gamma: torch.Tensor) -> HeadOutput:
         """units (A, D), evidence (A, D), gamma (A,) in {0, 1} (float, may carry straight-through grads)."""
         g = gamma.unsqueeze(-1)

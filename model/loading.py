@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from model.artifacts import ArtifactInfo, build_model, load_artifacts
+from model.artifacts import ArtifactInfo, build_model, load_artifacts, threshold_from_calibration
 from model.base import SaverBase
 from model.config import SaverConfig
 from model.inference import TorchPipeline
@@ -63,6 +63,7 @@ def load_pipeline(
         name=info.name,
         version=info.version,
         trained=info.trained,
+        threshold=threshold_from_calibration(info.calibration),
     )
 
 
@@ -91,6 +92,7 @@ def untrained_pipeline(
         name=info.name,
         version=info.version,
         trained=False,
+        threshold=threshold_from_calibration(info.calibration),
     )
 
 
@@ -103,6 +105,7 @@ def _onnx(
     return onnx_pipeline(
         model,
         info,
+        threshold=threshold_from_calibration(info.calibration),
         artifacts=artifacts,
         cache_dir=options.cache_dir,
         quantize=options.quantize,

@@ -27,7 +27,6 @@ from torch import nn
 
 from model.artifacts import stored_state
 from model.base import SaverBase
-from model.head import EnergyHead
 from model.lora import merge_lora, strip_lora
 from model.mner import MnerModel
 from model.text_encoder import TextEncoder, file_sha256
@@ -36,7 +35,7 @@ from model.vision.backbone import Tier, VisionBackbone
 log = logging.getLogger(__name__)
 
 # Bump when the graphs' inputs, outputs or semantics change: old cached graphs then stop matching.
-GRAPH_FORMAT = 1
+GRAPH_FORMAT = 2
 OPSET = 17
 MANIFEST = "manifest.json"
 TEXT_GRAPH = "text.onnx"
@@ -46,22 +45,6 @@ EVIDENCE_GRAPH = "evidence.onnx"
 # encoder.bert.encoder.layer.* are the transformer blocks
 ENCODER_NODE_PREFIX = "/encoder/bert/encoder/layer"
 DEFAULT_CACHE_DIR = Path(".cache/onnx")  # relative to the working directory; SAVER_ONNX_CACHE_DIR overrides
-
-
-def dense_text_scores(head: EnergyHead, units: torch.Tensor) -> torch.Tensor:
-    """``head.text_scores(units).scores`` computed densely: every expert on every unit, weighted by the
-    router's renormalised top-k probabilities (zero elsewhere). Same numbers, but without the
-    data-dependent ``nonzero`` of the sparse router, which a traced graph would freeze."""
-    router = head.router
-    x = torch.cat([units, torch.zeros_like(units)], dim=-1)  # (..., 2d)
-    probs = torch.softmax(router.router(x), dim=-1)  # (..., E)
-    top_p, top_i = probs.topk(router.top_k, dim=-1)  # (..., k)
-    weights = top_p / top_p.sum(-1, keepdim=True)
-    n_experts = len(router.experts)
-    one_hot = (top_i.unsqueeze(-1) == torch.arange(n_experts)).to(x.dtype)  # (..., k, E)
-    mix = (one_hot * weights.unsqueeze(-1)).sum(-2)  # (..., E)
-    experts = torch.stack([expert(x) for expert in router.experts], dim=-2)  # (..., E, C)
-    return head.text(units) + (mix.unsqueeze(-1) * experts).sum(-2)
 
 
 class TextGraph(nn.Module):
@@ -88,16 +71,9 @@ class TextGraph(nn.Module):
         shapes: torch.Tensor,
         spans: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        m: Any = self.model  # MnerModel or MreModel; both have span_rep, MRE adds pair_rep/pair_gate
+        m: Any = self.model  # MnerModel or MreModel: each exports its own ``text_graph``
         words = m.encoder(input_ids, attention_mask, first_subword, shapes)  # (B, N, H + shape)
-        reps = m.span_rep(words, spans)  # (B, U, d)
-        if self.is_mner:
-            gate = torch.sigmoid(m.gate(reps))  # (B, U)
-            return reps, gate, dense_text_scores(m.head, reps)
-        pair = m.pair_rep(reps[:, 0], reps[:, 1])  # (B, d)
-        ent_logits = m.gate(reps)  # (B, 2)
-        gate = m.pair_gate(ent_logits[:, 0], ent_logits[:, 1], pair)  # (B,)
-        return pair, gate, dense_text_scores(m.head, pair)
+        return m.text_graph(words, shapes != 0, spans)  # shape 0 marks padded words
 
 
 class EvidenceTextGraph(nn.Module):

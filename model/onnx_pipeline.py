@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from model.artifacts import ArtifactInfo
-from model.base import SaverBase
-from model.inference import Pair, TextUnits, TorchPipeline
+from model.base import SaverBase, TextUnits
+from model.inference import TorchPipeline
 from model.onnx_export import (
     DEFAULT_CACHE_DIR,
     EVIDENCE_GRAPH,
@@ -40,7 +40,7 @@ from model.onnx_export import (
     text_graph_key,
     vision_graph_key,
 )
-from model.spans import span_grid
+from model.pipeline import Pair
 from model.vision import build_backbone
 from model.vision.backbone import Tier, VisionBackbone
 
@@ -157,6 +157,7 @@ class OnnxPipeline(TorchPipeline):
         name: str,
         version: str,
         trained: bool,
+        threshold: float,
         threads: int | None = None,
         evidence_graph: Path | None = None,
         release_encoder: bool = False,
@@ -164,7 +165,9 @@ class OnnxPipeline(TorchPipeline):
         """``evidence_graph``: the base encoder for evidence text (else torch embeds it). ``release_encoder``
         frees the torch encoder's weights (to the meta device), which then must not be needed: the
         model must not be shared with a torch pipeline, and text evidence needs ``evidence_graph``."""
-        super().__init__(model, backbone_factory, name=name, version=version, trained=trained)
+        super().__init__(
+            model, backbone_factory, name=name, version=version, trained=trained, threshold=threshold
+        )
         self.text_session = make_session(text_graph, threads)
         self.text_graph = text_graph
         self.evidence_graph = evidence_graph
@@ -189,18 +192,14 @@ class OnnxPipeline(TorchPipeline):
         }
         return torch.from_numpy(np.asarray(self.evidence_session.run(None, feeds)[0]))
 
-    def _text_units(self, words: list[list[str]], pairs: list[Pair] | None) -> list[TextUnits]:
-        cfg = self.model.cfg
-        enc = self.model.encoder.prepare(words)
-        n = max(enc.first_subword.size(1), cfg.max_span_width)  # the graph's span max-pool needs N >= W
+    def _text_units(self, words: list[list[str]], pairs: list[Pair] | None) -> TextUnits:
+        model = self.model
+        enc = model.encoder.prepare(words)
+        n = max(enc.first_subword.size(1), model.cfg.max_span_width)  # the graph's span max-pool needs N >= W
         first = _pad_words(enc.first_subword, n)
         shapes = _pad_words(enc.shapes, n)
-        if pairs is None:
-            lengths = enc.word_mask.sum(1)
-            grid, valid = span_grid(lengths, n, cfg.max_span_width)  # (U, 2), (B, U)
-            spans = grid.unsqueeze(0).expand(len(words), -1, -1)
-        else:
-            spans = torch.tensor([[h, t] for h, t in pairs], dtype=torch.long)  # (B, 2, 2)
+        word_mask = _pad_words(enc.word_mask, n)
+        spans = model.graph_spans(word_mask, n, pairs)
         feeds = {
             "input_ids": enc.input_ids.numpy(),
             "attention_mask": enc.attention_mask.numpy(),
@@ -209,17 +208,7 @@ class OnnxPipeline(TorchPipeline):
             "spans": spans.contiguous().numpy(),
         }
         units, gate, logits = (torch.from_numpy(np.asarray(o)) for o in self.text_session.run(None, feeds))
-        if pairs is not None:
-            return [
-                (units[b : b + 1], [h, t], gate[b : b + 1], logits[b : b + 1])
-                for b, (h, t) in enumerate(pairs)
-            ]
-        out: list[TextUnits] = []
-        for b in range(len(words)):
-            slots = valid[b].nonzero(as_tuple=True)[0]
-            span_list = [(int(s), int(e)) for s, e in grid[slots].tolist()]
-            out.append((units[b, slots], span_list, gate[b, slots], logits[b, slots]))
-        return out
+        return model.from_graph(units, gate, logits, spans, word_mask)
 
 
 def _pad_words(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -231,6 +220,7 @@ def onnx_pipeline(
     model: SaverBase,
     info: ArtifactInfo,
     *,
+    threshold: float,
     artifacts: Path | None = None,
     cache_dir: Path | None = None,
     quantize: bool = False,
@@ -260,6 +250,7 @@ def onnx_pipeline(
         name=info.name,
         version=info.version,
         trained=info.trained,
+        threshold=threshold,
         threads=threads,
         evidence_graph=evidence_graph,
         release_encoder=release_encoder,  # the graphs hold the encoder now

@@ -19,6 +19,7 @@ from model.tokenize import Word
 
 VisionMode = Literal["auto", "always", "never"]
 Task = Literal["mner", "mre"]
+Pair = tuple[tuple[int, int], tuple[int, int]]  # MRE (head, tail) word spans, end exclusive
 
 
 @dataclass

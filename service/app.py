@@ -136,7 +136,7 @@ def _describe(
     log.log(
         level,
         "model loaded%s",
-        "" if info.trained else " (UNTRAINED: randomly initialised weights)",
+        "" if info.trained else f" (NOT TRAINED: {info.warning})",
         extra={
             "task": task,
             "model_name": info.name,

@@ -31,6 +31,7 @@ from model.pipeline import (
     TextResult,
     VisionMode,
 )
+from model.runner import run_pipeline
 from service.batching import TextBatcher
 from service.cache import ScreenCache
 from service.metrics import ServiceMetrics
@@ -55,6 +56,7 @@ class Inference:
     fallback: str | None
     images_requested: int
     timings: dict[str, float]  # seconds per stage
+    mode: VisionMode = "auto"  # the request's vision option
 
 
 def model_info(pipeline: SaverPipeline) -> ModelInfo:
@@ -62,7 +64,8 @@ def model_info(pipeline: SaverPipeline) -> ModelInfo:
         name=pipeline.name,
         version=pipeline.version,
         trained=pipeline.trained,
-        warning=None if pipeline.trained else UNTRAINED_WARNING,
+        # a pipeline may say why it is not trained (the fake says it is a fake); else: random weights
+        warning=None if pipeline.trained else (getattr(pipeline, "warning", None) or UNTRAINED_WARNING),
     )
 
 
@@ -157,7 +160,7 @@ class TaskEngine:
             details, screened, fallback = outcome.details, outcome.screened, outcome.fallback
 
         result = await stage("fuse", self.pipeline.fuse, text_result, activated, selected, details, screened)
-        inference = Inference(text_result, wanted, result, outcome, fallback, len(urls), timings)
+        inference = Inference(text_result, wanted, result, outcome, fallback, len(urls), timings, mode)
         self._record(inference)
         return inference
 
@@ -167,9 +170,10 @@ class TaskEngine:
             if seconds > 0:
                 m.stage_duration.labels(endpoint=ep, stage=name).observe(seconds)
         n_wanted = int(inf.wanted.sum())
-        m.gate_requests.labels(endpoint=ep, decision="activated" if n_wanted else "skipped").inc()
-        m.gate_units.labels(endpoint=ep, decision="activated").inc(n_wanted)
-        m.gate_units.labels(endpoint=ep, decision="skipped").inc(len(inf.wanted) - n_wanted)
+        decision = "activated" if n_wanted else "skipped"
+        m.gate_requests.labels(endpoint=ep, decision=decision, mode=inf.mode).inc()
+        m.gate_units.labels(endpoint=ep, decision="activated", mode=inf.mode).inc(n_wanted)
+        m.gate_units.labels(endpoint=ep, decision="skipped", mode=inf.mode).inc(len(inf.wanted) - n_wanted)
         if inf.vision is None:
             m.images.labels(endpoint=ep, outcome="skipped").inc(inf.images_requested)
         else:
@@ -183,17 +187,13 @@ class TaskEngine:
 
     def warm_up(self) -> None:
         """One full text + vision pass on a synthetic post, so the first request pays no lazy init."""
-        p = self.pipeline
         if self.task == "mre":
             request = TextRequest("Alice met Bob in Paris", head=(0, 1), tail=(2, 3))
         else:
             request = TextRequest("Alice met Bob in Paris with the New York Times")
-        result = p.encode_text(request.text, request.tokens, request.head, request.tail)
         if self.batcher is not None:  # the batched shapes too, so the first concurrent burst pays no warm-up
             self.batcher.pipeline.encode_text_batch([request, request])
-        activated = np.asarray(p.activation(result, "always"), dtype=bool)
         image = Image.linear_gradient("L").convert("RGB").resize((224, 224))
-        screened = p.screen([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
-        selected = p.select(result, activated, screened)
-        details = p.detail([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
-        p.fuse(result, activated, selected, dict(enumerate(details)), dict(enumerate(screened)))
+        run_pipeline(
+            self.pipeline, request, [image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], "always"
+        )

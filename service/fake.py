@@ -3,15 +3,15 @@
 It lets the whole app be exercised end to end without weights (infinity's dummy engine). Behaviour is
 simple and predictable so tests can craft inputs: a span is a candidate entity, and asks for vision,
 exactly when every word in it is capitalised; images are screened into a colour vector; scores rise a
-little when vision is used. It counts the calls of every stage and the images each one saw, and can be
-told to block inside a stage until an event is set (to fill the request queue in tests).
+little when vision is used.
+
+It is a plain backend with no test hooks (tests that count or block stages subclass it), and it says
+it is fake in every answer: its name is ``fake-<task>`` and it reports ``trained=False``.
 """
 
 from __future__ import annotations
 
-import threading
 import zlib
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,43 +45,30 @@ def _stable(text: str) -> int:
 
 
 class FakePipeline:
-    """Deterministic ``SaverPipeline``: capitalised spans are entities and activate the gate."""
+    """Deterministic ``SaverPipeline``: capitalised spans are entities and activate the gate.
+
+    Not a trained model, so ``trained`` defaults to False; ``trained=True`` only stands in for a trained
+    model where a test checks how the service presents one."""
 
     def __init__(
         self,
         task: Task = "mner",
         *,
         threshold: float = 0.5,
-        trained: bool = True,
+        trained: bool = False,
         max_span_width: int = 3,
         select_k: int = 2,
-        block_stage: str | None = None,
-        release: threading.Event | None = None,
     ) -> None:
         self.task: Task = task
         self.labels = list(MNER_LABELS if task == "mner" else MRE_LABELS)
         self.threshold = threshold
         self.trained = trained
+        self.warning = "fake model: a deterministic test stand-in, not a trained model"
         self.name = f"fake-{task}"
         self.version = "0.0-test"
         self.calibration = {"method": "fake", "threshold": threshold, "coverage": 0.25}
         self.max_span_width = max_span_width
         self.select_k = select_k
-        self.block_stage = block_stage  # stage name that waits on ``release`` before returning
-        self.release = release
-        self.entered = threading.Event()  # set when a call reaches the blocking stage
-        self.calls: Counter[str] = Counter()  # stage -> number of calls
-        self.images_seen: Counter[str] = Counter()  # stage -> number of images processed
-        self._lock = threading.Lock()
-        self.batch_sizes: list[int] = []  # size of every encode_text_batch call
-
-    def _enter(self, stage: str, n_images: int = 0) -> None:
-        with self._lock:
-            self.calls[stage] += 1
-            self.images_seen[stage] += n_images
-        if stage == self.block_stage and self.release is not None:
-            self.entered.set()
-            self.release.wait(timeout=30)
 
     # ---- text ---------------------------------------------------------------------------------------
 
@@ -92,7 +79,6 @@ class FakePipeline:
         head: tuple[int, int] | None = None,
         tail: tuple[int, int] | None = None,
     ) -> TextResult:
-        self._enter("encode_text")
         return self._encode(text, tokens, head, tail)
 
     def _encode(
@@ -125,9 +111,6 @@ class FakePipeline:
 
     def encode_text_batch(self, requests: Sequence[TextRequest]) -> list[TextResult]:
         """The batched text stage (service micro-batching): one call, one result per request."""
-        self._enter("encode_text_batch")
-        with self._lock:
-            self.batch_sizes.append(len(requests))
         return [self._encode(r.text, r.tokens, r.head, r.tail) for r in requests]
 
     @staticmethod
@@ -135,7 +118,6 @@ class FakePipeline:
         return 0.9 if all(_capitalised(w) for w in words[span[0] : span[1]]) else 0.1
 
     def activation(self, result: TextResult, mode: VisionMode) -> np.ndarray:
-        self._enter("activation")
         if mode == "always":
             return np.ones(len(result.gate), dtype=bool)
         if mode == "never":
@@ -145,7 +127,6 @@ class FakePipeline:
     # ---- vision -------------------------------------------------------------------------------------
 
     def screen(self, images: list[Image.Image]) -> list[ScreenedImage]:
-        self._enter("screen", len(images))
         out = []
         for image in images:
             rgb = np.asarray(image.convert("RGB").resize((8, 8)), dtype=np.float32).reshape(-1, 3).mean(0)
@@ -162,7 +143,6 @@ class FakePipeline:
     def select(
         self, result: TextResult, activated: np.ndarray, screened: list[ScreenedImage]
     ) -> list[list[int]]:
-        self._enter("select", len(screened))
         chosen: list[list[int]] = []
         for u in range(len(result.gate)):
             if not activated[u] or not screened:
@@ -175,7 +155,6 @@ class FakePipeline:
         return chosen
 
     def detail(self, images: list[Image.Image]) -> list[DetailedImage]:
-        self._enter("detail", len(images))
         return [DetailedImage(payload=np.asarray(im.convert("RGB").resize((2, 2)))) for im in images]
 
     # ---- fusion -------------------------------------------------------------------------------------
@@ -188,7 +167,6 @@ class FakePipeline:
         details: dict[int, DetailedImage],
         screened: dict[int, ScreenedImage],
     ) -> MnerResult | MreResult:
-        self._enter("fuse")
         used = [
             [i for i in selected[u] if i in details] if activated[u] else [] for u in range(len(result.gate))
         ]

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from model.image_decode import DECODE_TARGET_PX
+
 FetchFailure = Literal[
     "invalid_url",  # unparsable URL, credentials in it, or too long
     "scheme",  # anything but http/https
@@ -56,7 +58,7 @@ class FetchPolicy:
     read_timeout_s: float = 3.0  # longest silence between two reads
     max_pixels: int = 40_000_000  # width × height cap, checked from the header before decoding
     allowed_formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow format names accepted
-    decode_target_px: int = 448  # about 2× the vision input: JPEG draft mode and reduction stop here
+    decode_target_px: int = DECODE_TARGET_PX  # JPEG draft mode and reduction stop here
     max_url_length: int = 2048  # longer URLs are refused as invalid_url
     max_connections: int = 32  # connection pool size of make_client()
     user_agent: str = "saver-image-fetcher/0.1"  # sent with every request

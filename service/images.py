@@ -15,9 +15,9 @@ import io
 import logging
 import warnings
 
-import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from model.image_decode import bounded_upright_rgb
 from service.fetch_policy import FetchError, FetchPolicy
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,6 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"BM", "BMP"),
 )
 SNIFF_BYTES = 12  # enough of the body to recognise every format above
-
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -69,40 +67,6 @@ def decode_image(data: bytes, policy: FetchPolicy) -> Image.Image:
     if width * height > policy.max_pixels:
         raise FetchError("too_many_pixels", f"{width}x{height} is over {policy.max_pixels} pixels")
     try:
-        return _to_bounded_rgb(image, policy.decode_target_px)
+        return bounded_upright_rgb(image, policy.decode_target_px)
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         raise FetchError("decode", f"{fmt} {width}x{height}: {exc}") from exc
-
-
-def _to_bounded_rgb(image: Image.Image, target: int) -> Image.Image:
-    if image.format == "JPEG":
-        # Draft keeps both sides >= the requested size, so the shorter side stays >= target.
-        image.draft("RGB", (target, target))
-    image.load()  # the first frame only; an animation's other frames are never read
-    try:
-        image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, KeyError, TypeError) as exc:
-        # A malformed EXIF block should not cost the image; it is merely left as stored.
-        logger.debug("ignoring unusable EXIF orientation: %s", exc)
-    rgb = _to_rgb(image)
-    factor = min(rgb.size) // target
-    if factor >= 2:
-        rgb = rgb.reduce(factor)
-    return rgb
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode.startswith("I"):
-        # 16-bit greyscale: convert("RGB") would clip everything above 255 to white; keep the top byte.
-        pixels = np.asarray(image, dtype=np.float64)
-        grey = np.clip(pixels / 256.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
-        # Transparent pixels would otherwise show whatever colour they carry (often black): use white.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, F

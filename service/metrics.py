@@ -68,12 +68,16 @@ class ServiceMetrics:
         )
         self.gate_requests = Counter(
             "saver_gate_requests",
-            "Requests by gate decision: activated (some unit consulted vision) or skipped",
-            ["endpoint", "decision"],
+            "Requests by gate decision: activated (some unit consulted vision) or skipped; mode is the "
+            "request's vision option (auto, always, never), so calibrated rates compare with auto only",
+            ["endpoint", "decision", "mode"],
             registry=r,
         )
         self.gate_units = Counter(
-            "saver_gate_units", "Units by gate decision", ["endpoint", "decision"], registry=r
+            "saver_gate_units",
+            "Units by gate decision and the request's vision mode (auto, always, never)",
+            ["endpoint", "decision", "mode"],
+            registry=r,
         )
         self.images = Counter(
             "saver_images",
@@ -102,7 +106,8 @@ class ServiceMetrics:
         )
         self.calibrated_coverage = Gauge(
             "saver_gate_calibrated_coverage",
-            "Share of calibration units above the threshold; compare with the live activation rate",
+            "Share of all units calibration expects auto traffic to activate; compare with the live "
+            "auto-mode unit activation rate",
             ["endpoint"],
             registry=r,
             multiprocess_mode="max",

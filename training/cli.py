@@ -17,25 +17,29 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="cap steps per epoch (smoke runs)")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--reuse-checkpoint",
+        action="store_true",
+        help="skip training: refit the gate, recalibrate and re-evaluate OUT/best (same config and splits)",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("calibrate", help="calibrate the gate threshold on held-out data (SPEC §3)")
+    p = sub.add_parser(
+        "calibrate",
+        help="calibrate the gate threshold on held-out posts (SPEC §3); they must be used for nothing else",
+    )
     p.add_argument("--artifacts", type=Path, required=True)
-    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument(
+        "--data", nargs="+", required=True, help="held-out files; each is a group that τ must hold in"
+    )
     p.add_argument("--captions", nargs="*", default=[])
     p.add_argument("--groundability")
     p.add_argument("--images", help="folder of the posts' real images")
+    p.add_argument("--evidence", choices=["pseudo_tags", "caption"], default="pseudo_tags")
     p.add_argument("--alpha", type=float, default=0.10)
     p.add_argument("--delta", type=float, default=0.05)
-    p.add_argument("--method", choices=["bonferroni", "fixed_sequence"], default="bonferroni")
+    p.add_argument("--method", choices=["bonferroni", "fixed_sequence"], default="fixed_sequence")
     p.add_argument("--harm", choices=["forced_vision_wrong", "not_groundable"], default="forced_vision_wrong")
-    p.add_argument(
-        "--fraction",
-        type=float,
-        default=1.0,
-        help="calibrate on a seeded random share of the posts (as `train` does)",
-    )
-    p.add_argument("--seed", type=int, default=13, help="seed of that split")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="evaluate artifacts on a data file (SPEC §5)")
@@ -53,6 +57,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--vision", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--predictions", type=Path, help="also write each post's answer here (JSONL)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="write the artifact directory (and model card, ONNX graphs)")
@@ -75,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         for k, v in {"epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed}.items()
         if v is not None
     }
-    metrics = train(args.config, args.out, overrides)
+    metrics = train(args.config, args.out, overrides, reuse_checkpoint=args.reuse_checkpoint)
     print(json.dumps(metrics, indent=2))
 
 
@@ -94,33 +99,32 @@ def _data_spec(args: argparse.Namespace, captions: list[str]):  # type: ignore[n
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from model.artifacts import load_artifacts
-    from training.workflow import build_evidence, calibrate, load_examples, split_for_calibration
+    from training.calibrate import CalibrationSpec, calibrate
+    from training.workflow import build_evidence, dataset_name, load_examples
 
     model, _ = load_artifacts(args.artifacts)
     spec = _data_spec(args, args.captions)
-    examples = load_examples(model.cfg.task, args.data, spec)
-    if args.fraction < 1.0:
-        examples, _ = split_for_calibration(examples, args.fraction, args.seed)
-    evidence = build_evidence(model, examples, spec)
-    record = calibrate(model, examples, evidence, args.alpha, args.delta, args.method, args.harm)
-    record["data"] = ", ".join(args.data) + (
-        f" (random {args.fraction:.0%}, seed {args.seed})" if args.fraction < 1 else ""
-    )
+    parts = {dataset_name(path): load_examples(model.cfg.task, [path], spec) for path in args.data}
+    evidence = build_evidence(model, [e for posts in parts.values() for e in posts], spec)
+    cal = CalibrationSpec(alpha=args.alpha, delta=args.delta, method=args.method, harm=args.harm)
+    record = calibrate(model, parts, evidence, cal)
+    record["data"] = ", ".join(args.data)
     (args.artifacts / "calibration.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from model.artifacts import load_artifacts
+    from model.artifacts import load_artifacts, threshold_from_calibration
     from training.workflow import build_evidence, evaluate, load_examples
 
-    model, _ = load_artifacts(args.artifacts)
+    model, info = load_artifacts(args.artifacts)
     if model.cfg.task != args.task:
         raise SystemExit(f"{args.artifacts} holds a {model.cfg.task} model, not {args.task}")
     spec = _data_spec(args, [args.captions] if args.captions else [])
     examples = load_examples(args.task, [args.data], spec)
     evidence = build_evidence(model, examples, spec)
-    report = evaluate(model, examples, evidence, args.vision)
+    tau = threshold_from_calibration(info.calibration)
+    report = evaluate(model, examples, evidence, args.vision, tau, args.predictions)
     report["vision"] = args.vision
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

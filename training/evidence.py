@@ -60,6 +60,7 @@ class EvidenceTable:
         self, encoder: TextEncoder, captions: dict[str, list[str]], style: EvidenceStyle, k: int
     ) -> None:
         self.style = style
+        self.n_image_posts = 0  # posts whose evidence came from real images (see ``update``)
         self.texts: dict[str, list[str]] = {}
         if style == "none":
             self.table: dict[str, PostEvidence] = {}
@@ -85,6 +86,7 @@ class EvidenceTable:
     def update(self, evidence: dict[str, PostEvidence]) -> None:
         """Add evidence from real images (takes precedence over captions for those posts)."""
         self.table.update(evidence)
+        self.n_image_posts += len(evidence)
 
 
 def image_evidence(
@@ -93,21 +95,30 @@ def image_evidence(
     posts: dict[str, list[object]],
     tags_k: int,
 ) -> dict[str, PostEvidence]:
-    """Real images -> evidence exactly as the service builds it (detail tier: global, regions, tags).
-
-    ``posts`` maps a post id to its PIL images; the backbone is frozen, so this runs once per dataset.
-    """
+    """Real images -> evidence exactly as the service builds it: the screen tier (global vector and tags)
+    for every image, which the selector reads, and the detail tier (global, regions, tags), which the
+    Set Transformer reads. ``posts`` maps a post id to its PIL images; the backbone is frozen, so this
+    runs once per dataset."""
     from model.vision.backbone import VisionBackbone
 
     assert isinstance(backbone, VisionBackbone)
+
+    def tag_text(tag_logits: torch.Tensor | None) -> torch.Tensor | None:
+        if tag_logits is None:
+            return None
+        return encoder.embed_evidence([evidence_text(t) for t in backbone.tags(tag_logits, tags_k)])
+
     out: dict[str, PostEvidence] = {}
     for post_id, images in posts.items():
         if not images:
             continue
+        screen = backbone.screen(images)  # type: ignore[arg-type]
         det = backbone.detail(images)  # type: ignore[arg-type]
-        tags = backbone.tags(det.tag_logits, tags_k)
-        text = (
-            encoder.embed_evidence([evidence_text(t) for t in tags]) if det.tag_logits is not None else None
+        out[post_id] = PostEvidence(
+            text=tag_text(det.tag_logits),
+            image=det.global_vectors,
+            regions=det.regions,
+            screen_text=tag_text(screen.tag_logits),
+            screen_image=screen.global_vectors,
         )
-        out[post_id] = PostEvidence(text=text, image=det.global_vectors, regions=det.regions)
     return out

@@ -55,19 +55,14 @@ def model_card(artifact: Path) -> str:
             ' `training/configs/mre.json` to the image root, enable `"evidence_channels": ["image", "text"]`,'
             " and run `saver train`; evidence is then built with the same backbone and tags as the service uses.",
         ]
-    lines += ["", "## Gate calibration (SPEC §3)"]
-    if cal:
-        lines.append(
-            f"- Method {cal.get('method')}, α = {cal.get('alpha')}, δ = {cal.get('delta')}, harm ="
-            f" {cal.get('harm_definition')}, n = {cal.get('n')} units from {cal.get('data', 'held-out data')}."
-        )
-        lines.append(
-            f"- τ = {_fmt(cal.get('tau'))} (never activate: {cal.get('never_activate')}), coverage"
-            f" {_fmt(cal.get('coverage'))}, empirical risk {_fmt(cal.get('empirical_risk'))}, bound {_fmt(cal.get('bound'))}."
-            + (f" Reason: {cal['reason']}" if cal.get("reason") else "")
-        )
-    else:
-        lines.append("- Not calibrated: the service uses τ = 0.5.")
+    lines += [
+        "",
+        *gate_section(metrics, task),
+        "",
+        *calibration_section(cal),
+        "",
+        *check_section(metrics, cal),
+    ]
     dev = metrics.get("dev", {})
     if dev:
         lines += [
@@ -76,10 +71,14 @@ def model_card(artifact: Path) -> str:
             + (
                 " (caption-derived evidence, not real images)"
                 if task == "mner"
-                else " (no image evidence exists for these posts, so the three vision modes coincide)"
+                else " (image evidence exists for only a few posts here, so the vision modes barely differ)"
             ),
             "",
-            "| split | vision | P | R | F1 | activation rate (units) | requests activated | harm among activated | groundability AUROC |",
+            "Whole valid splits (selection, calibration and check parts together; `auto` at the calibrated τ)."
+            " Posts fetching images = share of posts with at least one activated unit (`always`: every post).",
+            "",
+            "| split | vision | P | R | F1 | posts fetching images | units activated | harm among activated |"
+            " groundability AUROC |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for mode in ("never", "auto", "always"):
@@ -87,7 +86,7 @@ def model_card(artifact: Path) -> str:
                 g = r.get("gate", {})
                 lines.append(
                     f"| {split} | {mode} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} |"
-                    f" {_fmt(g.get('activation_rate'))} | {_fmt(g.get('requests_activated'))} |"
+                    f" {_fmt(g.get('requests_activated'))} | {_fmt(g.get('units_activated'))} |"
                     f" {_fmt(g.get('harm_rate_activated'))} | {_fmt(g.get('auroc_groundability'))} |"
                 )
         if metrics.get("dev_note"):
@@ -102,6 +101,115 @@ def model_card(artifact: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def gate_section(metrics: dict[str, Any], task: str) -> list[str]:
+    lines = ["## The gate"]
+    fit = metrics.get("gate_fit") or {}
+    if fit:
+        lines.append(
+            f"- Refitted on the frozen text features after training; target `{fit['chosen']}`, chosen on the"
+            f" selection part of dev by a rule fixed beforehand: {fit['rule']}."
+        )
+        lines += [
+            "",
+            "| target | dataset (selection part) | gate AUROC | type-prior AUROC | auto F1 | posts fetching |",
+        ]
+        lines.append("|---|---|---|---|---|---|")
+        for target, report in fit.get("candidates", {}).items():
+            for name, d in report["datasets"].items():
+                lines.append(
+                    f"| {target} | {name} | {_fmt(d['auroc']['gate'])} | {_fmt(d['auroc']['type_prior'])} |"
+                    f" {_fmt(d['auto_f1'])} | {_fmt(d['requests_activated'])} |"
+                )
+    elif task == "mre":
+        lines.append(
+            "- Trained jointly with the model on the utility target (no separate fit). What it can and cannot be"
+            " calibrated on: MNRE has no groundability annotation, so the gate cannot be judged against"
+            " groundability; and only a few dozen MNRE posts have an image here (no captions), so the harm of"
+            " activating a pair (its answer with vision on is wrong) is, for nearly every calibration pair, the"
+            " harm of its text-only fallback. The calibration below is therefore a statement about the text"
+            " answers of high-gate pairs, not about vision; with real images (a manifest, SPEC §7) the same"
+            " command calibrates it on vision."
+        )
+    else:
+        lines.append("- Trained jointly with the model (no separate fit).")
+    auroc = metrics.get("gate_auroc") or {}
+    if auroc:
+        lines += ["", "Against groundability on the annotated gold entities of the whole valid splits:", ""]
+        lines += ["| split | entities | gate AUROC | entity-type prior AUROC |", "|---|---|---|---|"]
+        for name, a in auroc.items():
+            lines.append(f"| {name} | {a['n']} | {_fmt(a['gate'])} | {_fmt(a['type_prior'])} |")
+    return lines
+
+
+def calibration_section(cal: dict[str, Any]) -> list[str]:
+    lines = ["## Gate calibration (SPEC §3)"]
+    if not cal:
+        return [*lines, "- Not calibrated: the service uses τ = 0.5."]
+    split = cal.get("split", {})
+    lines.append(
+        f"- Method {cal.get('method')} (fixed in the training config before calibration ran), α = {cal.get('alpha')},"
+        f" δ = {cal.get('delta')}, harm = {cal.get('harm_definition')}, n = {cal.get('n')} eligible units"
+        f" ({cal.get('eligibility', 'n/a')}); evidence: {cal.get('evidence', 'n/a')}."
+    )
+    if split:
+        parts = "; ".join(
+            f"{d}: " + ", ".join(f"{p} {v['posts']}" for p, v in by_part.items())
+            for d, by_part in split.get("parts", {}).items()
+        )
+        lines.append(f"- Posts: {split.get('rule')} (seed {split.get('seed')}). {parts}.")
+    if cal.get("per_dataset"):
+        lines.append(
+            "- τ had to be certified on each dataset separately, each at level δ / (number of datasets), so the"
+            " guarantee holds per dataset and not only for their mixture."
+        )
+    if cal.get("scan_start_tau") is not None:
+        lines.append(
+            f"- The fixed-sequence scan started at τ = {_fmt(cal['scan_start_tau'])}: thresholds above it activate"
+            " too few calibration units to be certified even with zero harms (decided from the scores alone)."
+        )
+    lines.append(
+        f"- τ = {_fmt(cal.get('tau'))} (never activate: {cal.get('never_activate')}), coverage"
+        f" {_fmt(cal.get('coverage'))}, empirical risk {_fmt(cal.get('empirical_risk'))}, bound {_fmt(cal.get('bound'))}."
+        + (f" Reason: {cal['reason']}" if cal.get("reason") else "")
+    )
+    stopped = cal.get("never_activate")
+    for name, g in (cal.get("groups") or {}).items():
+        where = f"at τ = {_fmt(g.get('tau'))}" + (", where the scan stopped" if stopped else "")
+        lines.append(
+            f"  - {name} {where}: {int(g['n_activated'])}/{int(g['n'])} units above it, harm {_fmt(g['risk'])},"
+            f" bound {_fmt(g['bound'])}"
+        )
+    if cal.get("never_activate"):
+        lines.append("- No threshold was certified: `auto` never consults images; `always` still can.")
+    return lines
+
+
+def check_section(metrics: dict[str, Any], cal: dict[str, Any]) -> list[str]:
+    check = metrics.get("check") or {}
+    lines = ["## Check split: realised harm among activated units"]
+    if not check:
+        return [*lines, "- No check split was held out."]
+    level = check.get("interval_level", 0.95)
+    lines += [
+        f"Posts used for nothing else; `auto` at τ = {_fmt(check.get('tau'))}; harm = {check.get('harm_definition')};"
+        f" {level:.0%} Clopper–Pearson interval; target: harm ≤ α = {check.get('alpha')}.",
+        "",
+        "| dataset | posts | units activated | harmful | harm rate | interval | entity posts activated |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in check.items():
+        if not isinstance(r, dict):
+            continue
+        interval = r.get("interval")
+        shown = "n/a" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+        share = r["entity_posts_activated"] / r["entity_posts"] if r.get("entity_posts") else None
+        lines.append(
+            f"| {name} | {r['posts']} | {r['units_activated']} | {r['harmful_activated']} | {_fmt(r['harm_rate'])} |"
+            f" {shown} | {r['entity_posts_activated']}/{r['entity_posts']} ({_fmt(share)}) |"
+        )
+    return lines
 
 
 def export(run: Path, out: Path, onnx: bool = False, quantize: bool = False) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
+from model.base import SaverBase
 from model.gate import VisionMode
 from model.mner import MnerModel
 from model.mre import MreModel
@@ -48,10 +50,10 @@ def predict_mner(
     examples: Sequence[MnerExample],
     evidence: EvidenceTable | None,
     mode: VisionMode,
+    threshold: float,
     batch_size: int = 32,
 ) -> Predictions:
     model.eval()
-    model.vision_mode = mode
     labels = model.cfg.labels
     index = {t: i + 1 for i, t in enumerate(labels)}
     rec = UnitRecords()
@@ -59,25 +61,27 @@ def predict_mner(
     position = {id(e): i for i, e in enumerate(examples)}
     for chunk in batched(examples, batch_size, shuffle=False):
         batch, _ = mner_batch(chunk, evidence)
-        out, _ = model(batch)
+        out, _ = model(batch, threshold=threshold, mode=mode)
         s = out.scores
-        none_prob = torch.softmax(s.text_logits, dim=-1)[:, 0]
-        has_ev = torch.tensor([batch.evidence[p] is not None for p in out.post_of_unit])
-        candidate = has_ev & (none_prob < model.cfg.candidate_none_max)
+        # the service's eligibility rule, whether or not the post has evidence (the service decides
+        # before it knows whether any image will arrive)
+        candidate = model.eligible(s.text_logits)
+        # the gate's decision, as the service counts it (whether or not an image then arrives)
+        wanted = model.decide(out.text, threshold, mode)
         conf, pred = out.probs.max(-1)
         # gold labels per post, decoded from BIO once per post rather than once per candidate span
         gold = [{(s0, e0): index.get(t, 0) for s0, e0, t in ex.spans} for ex in chunk]
         for a, (p, (st, en)) in enumerate(zip(out.post_of_unit, out.spans.tolist(), strict=True)):
             ex = chunk[p]
             g = gold[p].get((st, en), 0)
-            if g == 0 and not candidate[a] and not s.gamma[a]:
+            if g == 0 and not candidate[a] and not wanted[a]:
                 continue  # confidently-NONE spans: not units the gate ever considers
             rec.post.append(position[id(ex)])
             rec.gold.append(g)
             rec.pred.append(int(pred[a]))
             rec.confidence.append(float(conf[a]))
             rec.gate.append(float(s.gate[a]))
-            rec.activated.append(bool(s.gamma[a]))
+            rec.activated.append(bool(wanted[a]))
             rec.candidate.append(bool(candidate[a]))
             flag = ex.groundable.get((st, en)) if g else None
             rec.groundable.append(-1 if flag is None else int(flag))
@@ -92,10 +96,10 @@ def predict_mre(
     examples: Sequence[MreExample],
     evidence: EvidenceTable | None,
     mode: VisionMode,
+    threshold: float,
     batch_size: int = 64,
 ) -> Predictions:
     model.eval()
-    model.vision_mode = mode
     labels = model.cfg.labels
     index = {r: i for i, r in enumerate(labels)}
     rec = UnitRecords()
@@ -103,7 +107,9 @@ def predict_mre(
     position = {id(e): i for i, e in enumerate(examples)}
     for chunk in batched(examples, batch_size, shuffle=False):
         batch, _ = mre_batch(chunk, evidence)
-        out, _ = model(batch)
+        out, _ = model(batch, threshold=threshold, mode=mode)
+        eligible = model.eligible(out.scores.text_logits)
+        wanted = model.decide(out.text, threshold, mode)
         conf, pred = out.probs.max(-1)
         for b, ex in enumerate(chunk):
             i = position[id(ex)]
@@ -113,7 +119,21 @@ def predict_mre(
             rec.pred.append(int(pred[b]))
             rec.confidence.append(float(conf[b]))
             rec.gate.append(float(out.scores.gate[b]))
-            rec.activated.append(bool(out.scores.gamma[b]))
-            rec.candidate.append(batch.evidence[b] is not None)
+            rec.activated.append(bool(wanted[b]))
+            rec.candidate.append(bool(eligible[b]))
             rec.groundable.append(-1)
     return Predictions(rec, relations=[relations[i] for i in range(len(examples))])
+
+
+def predict(
+    model: SaverBase,
+    examples: Sequence[Any],
+    evidence: EvidenceTable | None,
+    mode: VisionMode,
+    threshold: float,
+) -> Predictions:
+    """The task's predictions, through its model's one scoring path."""
+    if isinstance(model, MnerModel):
+        return predict_mner(model, examples, evidence, mode, threshold)  # type: ignore[arg-type]
+    assert isinstance(model, MreModel)
+    return predict_mre(model, examples, evidence, mode, threshold)  # type: ignore[arg-type]

@@ -88,8 +88,8 @@ class Trainer:
             for step, (batch, targets) in enumerate(self.batches(epoch)):
                 if step >= self.steps_per_epoch:
                     break
-                self.model.schedule = schedule_at(self.cfg, epoch + step / self.steps_per_epoch)
-                _, loss = self.model(batch, targets)
+                schedule = schedule_at(self.cfg, epoch + step / self.steps_per_epoch)
+                _, loss = self.model(batch, targets, schedule=schedule)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)

@@ -1,38 +1,34 @@
-"""The train -> calibrate -> evaluate -> export workflow, shared by the CLI subcommands."""
+"""The train -> fit gate -> calibrate -> check -> evaluate -> export workflow, shared by the CLI.
+
+Statistics first: the dev posts are cut into selection / calibration / check parts (training/splits.py)
+before anything is trained, and each part is read by one step only. The calibration method, α and δ
+come from the training config, fixed before calibration runs.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import random
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
-
-from calibration import Method, calibrate_threshold
-from model.artifacts import (
-    ArtifactInfo,
-    build_model,
-    load_artifacts,
-    save_artifacts,
-    threshold_from_calibration,
-)
-from model.base import SaverBase
+from model.artifacts import ArtifactInfo, build_model, load_artifacts, save_artifacts
+from model.base import NEVER, SaverBase
 from model.config import SaverConfig
 from model.gate import VisionMode
 from model.mner import MnerModel
-from model.mre import MreModel
-from model.spans import enumerate_spans
 from model.vision import build_backbone
 from training.batches import batched, mner_batch, mre_batch
+from training.calibrate import CalibrationSpec, calibrate, check_harm
 from training.data import ImageStore, MnerExample, MreExample, read_rel2id
 from training.datasets import load_mner, load_mre, load_post_images
 from training.evaluate import Stopwatch, evaluate_mner, evaluate_mre
 from training.evidence import EvidenceTable, image_evidence
-from training.predict import Predictions, predict_mner, predict_mre
+from training.predict import Predictions, predict
+from training.splits import SplitSpec, describe, part, split_datasets
 from training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -47,7 +43,7 @@ class DataSpec:
     groundability: str | None = None
     images: str | None = None  # folder of real images for the posts that have them
     evidence_style: str = "pseudo_tags"
-    calibration_fraction: float = 0.5
+    split: dict[str, Any] = field(default_factory=dict)  # SplitSpec fields
 
 
 def load_examples(task: str, paths: Sequence[str], spec: DataSpec) -> list[Any]:
@@ -75,156 +71,187 @@ def build_evidence(model: SaverBase, examples: Sequence[Example], spec: DataSpec
     return table
 
 
-def predict(
-    model: SaverBase, examples: Sequence[Example], evidence: EvidenceTable | None, mode: VisionMode
-) -> Predictions:
-    if isinstance(model, MnerModel):
-        return predict_mner(model, examples, evidence, mode)  # type: ignore[arg-type]
-    assert isinstance(model, MreModel)
-    return predict_mre(model, examples, evidence, mode)  # type: ignore[arg-type]
-
-
 def evaluate(
-    model: SaverBase, examples: Sequence[Example], evidence: EvidenceTable | None, mode: VisionMode
-) -> dict[str, Any]:
-    watch = Stopwatch()
-    pred = predict(model, examples, evidence, mode)
-    threshold = model.threshold if mode == "auto" else (0.0 if mode == "always" else float("inf"))
-    if isinstance(model, MnerModel):
-        return evaluate_mner(examples, pred, threshold, model.cfg.max_span_width, watch.seconds)  # type: ignore[arg-type]
-    return evaluate_mre(examples, pred, threshold, watch.seconds)  # type: ignore[arg-type]
-
-
-def calibrate(
     model: SaverBase,
     examples: Sequence[Example],
     evidence: EvidenceTable | None,
-    alpha: float,
-    delta: float,
-    method: str,
-    harm: str,
+    mode: VisionMode,
+    threshold: float,
+    predictions_out: Path | None = None,
 ) -> dict[str, Any]:
-    """Gate scores and harm labels of the eligible units under forced vision, then SPEC §3's threshold.
-
-    Returns the calibration record, plus the rates the service will see at that τ (per unit over *all*
-    units, and per request), so a dashboard can compare live activation with what calibration expects.
-    """
-    units = predict(model, examples, evidence, "always").units.arrays()
-    eligible = units["candidate"].astype(bool) if len(units["candidate"]) else np.zeros(0, dtype=bool)
-    scores = units["gate"][eligible] if eligible.any() else np.zeros(0)
-    if harm == "not_groundable":
-        known = units["groundable"][eligible] >= 0
-        scores, harmful = scores[known], units["groundable"][eligible][known] == 0
-    else:
-        harmful = (units["pred"] != units["gold"])[eligible] if eligible.any() else np.zeros(0, dtype=bool)
-    result = calibrate_threshold(
-        scores,
-        harmful,
-        alpha=alpha,
-        delta=delta,
-        method=cast(Method, method),
-        harm_definition=harm,  # type: ignore[arg-type]
-    )
-    on = eligible & (units["gate"] >= result.tau) if eligible.any() else eligible
+    """SPEC §5's report (``gate.threshold`` is the calibrated τ whatever the mode; ``vision`` says which mode
+    ran); ``predictions_out`` also writes each post's answer (JSONL, in input order)."""
+    watch = Stopwatch()
+    pred = predict(model, examples, evidence, mode, threshold)
+    if predictions_out is not None:
+        write_predictions(predictions_out, examples, pred)
     if isinstance(model, MnerModel):
-        total = sum(len(enumerate_spans(len(e.tokens), model.cfg.max_span_width)) for e in examples)
+        report = evaluate_mner(examples, pred, threshold, model.cfg.max_span_width, watch.seconds)  # type: ignore[arg-type]
     else:
-        total = len(examples)
-    posts = {int(p) for p in units["post"][on]} if on.any() else set()
-    return {
-        **result.to_dict(include_curve=False),
-        "unit_activation_rate": float(on.sum()) / max(total, 1),
-        "request_activation_rate": len(posts) / max(len(examples), 1),
-        "n_posts": len(examples),
-    }
+        report = evaluate_mre(examples, pred, threshold, watch.seconds)  # type: ignore[arg-type]
+    return {**report, "vision": mode}
 
 
-def split_for_calibration(
-    examples: Sequence[Example], fraction: float, seed: int
-) -> tuple[list[Example], list[Example]]:
-    """Deterministic post-level split: (calibration, rest)."""
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    cut = int(len(order) * fraction)
-    return [examples[i] for i in sorted(order[:cut])], [examples[i] for i in sorted(order[cut:])]
+def write_predictions(path: Path, examples: Sequence[Example], pred: Predictions) -> None:
+    """One JSON object per post: MNER ``entities`` as [start, end, type, score] word spans; MRE
+    ``relation`` and ``score``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for i, ex in enumerate(examples):
+            row: dict[str, Any] = {"id": ex.id}
+            if pred.entities:
+                row["entities"] = [list(e) for e in pred.entities[i]]
+            else:
+                row["relation"], row["score"] = pred.relations[i]
+            out.write(json.dumps(row) + "\n")
 
 
-def train(config_path: Path, out: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class Run:
+    """Everything a training run reads, loaded once."""
+
+    config: dict[str, Any]
+    model_cfg: SaverConfig
+    train_cfg: TrainConfig
+    data: DataSpec
+    split: SplitSpec
+    train_set: list[Any]
+    dev: dict[str, dict[str, list[Any]]]  # dataset -> part -> posts
+
+    def part(self, name: str) -> list[Any]:
+        return part(self.dev, name)
+
+
+def prepare(config_path: Path, overrides: dict[str, Any]) -> Run:
     config = json.loads(config_path.read_text())
     model_cfg = SaverConfig.from_dict(config["model"])
     train_cfg = TrainConfig(**{**config.get("train", {}), **overrides})
-    spec = DataSpec(**config["data"])
+    data = DataSpec(**config["data"])
+    split = SplitSpec(**data.split)
     if model_cfg.task == "mre" and "labels" not in config["model"]:
-        rel2id = Path(spec.train[0]).with_name("rel2id.json")
+        rel2id = Path(data.train[0]).with_name("rel2id.json")
         if rel2id.is_file():
             model_cfg.labels = read_rel2id(rel2id)
-    train_set = load_examples(model_cfg.task, spec.train, spec)
-    dev_parts = {_dataset_name(p): load_examples(model_cfg.task, [p], spec) for p in spec.dev}
-    dev_set = [e for part in dev_parts.values() for e in part]
-    model = build_model(model_cfg)
-    evidence = build_evidence(model, train_set + dev_set, spec)
-    make = mner_batch if model_cfg.task == "mner" else mre_batch
-    steps = (len(train_set) + train_cfg.batch_size - 1) // train_cfg.batch_size
+    train_set = load_examples(model_cfg.task, data.train, data)
+    dev = split_datasets({dataset_name(p): load_examples(model_cfg.task, [p], data) for p in data.dev}, split)
+    return Run(config, model_cfg, train_cfg, data, split, train_set, dev)
+
+
+def selection_score(model: SaverBase, run: Run, evidence: EvidenceTable) -> dict[str, Any]:
+    """Early stopping reads the selection part only: mean F1 of the text-only and the forced-vision paths,
+    the two paths every served answer is made of."""
+    posts = run.part("selection")
+    never = evaluate(model, posts, evidence, "never", NEVER)
+    always = evaluate(model, posts, evidence, "always", NEVER)
+    return {"f1": (never["f1"] + always["f1"]) / 2, "f1_never": never["f1"], "f1_always": always["f1"]}
+
+
+def fit(run: Run, out: Path) -> tuple[SaverBase, EvidenceTable, dict[str, Any]]:
+    """Train the model; the checkpoint with the best selection score is kept in ``out/best``."""
+    model = build_model(run.model_cfg)
+    dev_posts = [e for by_part in run.dev.values() for posts in by_part.values() for e in posts]
+    evidence = build_evidence(model, run.train_set + dev_posts, run.data)
+    make = mner_batch if run.model_cfg.task == "mner" else mre_batch
+    cfg = run.train_cfg
+    steps = (len(run.train_set) + cfg.batch_size - 1) // cfg.batch_size
 
     def batches(epoch: int) -> Any:
-        for chunk in batched(train_set, train_cfg.batch_size, shuffle=True, seed=train_cfg.seed + epoch):
+        for chunk in batched(run.train_set, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch):
             yield make(chunk, evidence)  # type: ignore[arg-type]
 
     best_dir = out / "best"
 
     def save_best(metrics: dict[str, Any]) -> None:
-        save_artifacts(
-            model,
-            best_dir,
-            ArtifactInfo(
-                name=f"saver-{model_cfg.task}",
-                version="0.1.0",
-                trained=True,
-                metrics={"dev_during_training": metrics},
-            ),
-        )
+        info = ArtifactInfo(f"saver-{run.model_cfg.task}", "0.1.0", True, metrics={"selection": metrics})
+        save_artifacts(model, best_dir, info)
 
     trainer = Trainer(
-        model, train_cfg, out, batches, steps, lambda: evaluate(model, dev_set, evidence, "auto"), save_best
+        model, cfg, out, batches, steps, lambda: selection_score(model, run, evidence), save_best
     )
     best = trainer.fit()
     model, _ = load_artifacts(best_dir, model.encoder)
-    cal_set, _ = split_for_calibration(dev_set, spec.calibration_fraction, train_cfg.seed)
-    cal = config.get("calibration", {})
-    record = calibrate(
-        model,
-        cal_set,
-        evidence,
-        cal.get("alpha", 0.1),
-        cal.get("delta", 0.05),
-        cal.get("method", "bonferroni"),
-        cal.get("harm", "forced_vision_wrong"),
-    )
-    model.threshold = threshold_from_calibration(record)
-    metrics = {"train_seconds": best["train_seconds"], "best_epoch": best.get("epoch")}
+    return model, evidence, best
+
+
+def train(
+    config_path: Path, out: Path, overrides: dict[str, Any], reuse_checkpoint: bool = False
+) -> dict[str, Any]:
+    """The whole workflow; ``reuse_checkpoint`` skips training and finishes from ``out/best`` (to refit the
+    gate or recalibrate a trained run: its splits are rebuilt from the same config and seed)."""
+    run = prepare(config_path, overrides)
+    if not reuse_checkpoint:
+        model, evidence, best = fit(run, out)
+        return finish(run, model, evidence, out, best)
+    model, info = load_artifacts(out / "best")
+    dev_posts = [e for by_part in run.dev.values() for posts in by_part.values() for e in posts]
+    evidence = build_evidence(model, run.train_set + dev_posts, run.data)
+    best = dict(info.metrics.get("selection", {}))
+    history = out / "metrics.json"
+    if history.is_file():
+        best["train_seconds"] = json.loads(history.read_text())[-1].get("seconds")
+    return finish(run, model, evidence, out, best)
+
+
+def finish(
+    run: Run, model: SaverBase, evidence: EvidenceTable, out: Path, best: dict[str, Any]
+) -> dict[str, Any]:
+    """Gate fit (if configured), calibration, check-split report and dev evaluation, then the artifact."""
+    from training.gate_fit import GateFitSpec, fit_gate
+
+    gate_spec = GateFitSpec(**run.config.get("gate_fit", {"enabled": False}))
+    gate_report: dict[str, Any] = {}
+    if gate_spec.enabled:
+        gate_report = fit_gate(model, run, evidence, gate_spec, out)
+    cal_spec = CalibrationSpec(**run.config.get("calibration", {}))
+    calibration = calibrate(model, {d: p["calibration"] for d, p in run.dev.items()}, evidence, cal_spec)
+    threshold = math.inf if calibration["tau"] is None else float(calibration["tau"])
+    check = check_harm(model, {d: p["check"] for d, p in run.dev.items()}, evidence, threshold, cal_spec)
+    split_record = describe(run.dev, run.split)
+    calibration["split"] = split_record
+    dev_metrics: dict[str, Any] = {
+        "train_seconds": best.get("train_seconds"),
+        "best_epoch": best.get("epoch"),
+    }
+    full = {name: [e for posts in by_part.values() for e in posts] for name, by_part in run.dev.items()}
     for mode in ("never", "auto", "always"):
-        metrics[mode] = {name: evaluate(model, part, evidence, mode) for name, part in dev_parts.items()}
+        dev_metrics[mode] = {
+            name: evaluate(model, posts, evidence, mode, threshold) for name, posts in full.items()
+        }
+    auroc: dict[str, Any] = {}
+    if isinstance(model, MnerModel) and run.data.groundability:
+        from training.gate_fit import gate_auroc, type_prior
+
+        prior = type_prior(run.train_set)
+        auroc = {name: gate_auroc(model, posts, evidence, prior) for name, posts in full.items()}
     info = ArtifactInfo(
-        name=f"saver-{model_cfg.task}",
-        version="0.1.0",
+        name=f"saver-{run.model_cfg.task}",
+        version="0.2.0",
         trained=True,
-        backbones={"vision": {"spec": model_cfg.vision_backbone}},
-        calibration={
-            **record,
-            "data": f"random {spec.calibration_fraction:.0%} of the dev posts (seed {train_cfg.seed})",
-        },
+        backbones={"vision": {"spec": run.model_cfg.vision_backbone}},
+        calibration=calibration,
         metrics={
-            "dev": metrics,
-            "evidence_style": spec.evidence_style,
-            "data": {"train": spec.train, "dev": spec.dev},
+            "dev": dev_metrics,
+            "check": check,
+            "gate_fit": gate_report,
+            "gate_auroc": auroc,
+            "selection": best,
+            "evidence_style": run.data.evidence_style,
+            "data": {"train": run.data.train, "dev": run.data.dev, "split": split_record},
         },
     )
     save_artifacts(model, out / "artifact", info)
-    (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    summary = {
+        "dev": dev_metrics,
+        "check": check,
+        "calibration": calibration,
+        "gate_fit": gate_report,
+        "gate_auroc": auroc,
+    }
+    (out / "final_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
-def _dataset_name(path: str) -> str:
+def dataset_name(path: str) -> str:
     """``../shared/data/mner/twitter2015/valid.txt`` -> ``twitter2015/valid``."""
     p = Path(path)
     return f"{p.parent.name}/{p.stem}"

@@ -24,10 +24,12 @@ SEL = 'job=~"$job", endpoint=~"$endpoint"'  # label matchers every per-endpoint 
 RI = "$__rate_interval"
 
 
-def _ratio(metric: str, numerator: str, by: str = "endpoint") -> str:
-    """Share of ``metric`` increments matching ``numerator``; 0 (not absent) when none matched yet."""
-    total = f"sum by ({by}) (rate({metric}{{{SEL}}}[{RI}]))"
-    part = f"sum by ({by}) (rate({metric}{{{SEL}, {numerator}}}[{RI}]))"
+def _ratio(metric: str, numerator: str, by: str = "endpoint", where: str = "") -> str:
+    """Share of ``metric`` increments matching ``numerator`` (among those matching ``where``); 0 (not
+    absent) when none matched yet."""
+    sel = f"{SEL}, {where}" if where else SEL
+    total = f"sum by ({by}) (rate({metric}{{{sel}}}[{RI}]))"
+    part = f"sum by ({by}) (rate({metric}{{{sel}, {numerator}}}[{RI}]))"
     return f"({part} or {total} * 0) / {total}"
 
 
@@ -35,7 +37,8 @@ def _quantile(q: float, metric: str, by: str) -> str:
     return f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{{{SEL}}}[{RI}])))"
 
 
-UNIT_ACTIVATION = _ratio("saver_gate_units_total", 'decision="activated"')
+# requests that left the decision to the gate: forced always/never traffic is not what calibration predicts
+UNIT_ACTIVATION = _ratio("saver_gate_units_total", 'decision="activated"', where='mode="auto"')
 CALIBRATED = f"max by (endpoint) (saver_gate_calibrated_coverage{{{SEL}}})"
 DRIFT_FACTOR = 2  # SaverGateActivationDrift's `> 2` (deploy/prometheus/rules/saver-alerts.yaml)
 
@@ -73,7 +76,12 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Share of requests with at least one activated unit, i.e. requests that fetched images. "
                 "The rest were answered from the text alone without any network or image work.",
                 "percentunit",
-                [(_ratio("saver_gate_requests_total", 'decision="activated"'), "{{endpoint}}")],
+                [
+                    (
+                        _ratio("saver_gate_requests_total", 'decision="activated"', where='mode="auto"'),
+                        "{{endpoint}}",
+                    )
+                ],
                 width=6,
                 max_value=1.0,
             ),

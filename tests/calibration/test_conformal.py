@@ -380,3 +380,69 @@ def test_accepts_integer_harm_and_records_the_harm_definition() -> None:
     )
     assert isinstance(result, CalibrationResult)
     assert result.harm_definition == "not_groundable" and result.feasible
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Groups (one guarantee per dataset)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _group_draw(rng: np.random.Generator, n: int, slope: float) -> tuple[NDArray, NDArray]:
+    """Scores uniform on [0, 1]; harm probability falls linearly from ``slope`` at g=0 to 0 at g=1."""
+    g = rng.uniform(0, 1, n)
+    return g, rng.uniform(0, 1, n) < slope * (1 - g)
+
+
+def _true_group_risk(tau: float, slope: float) -> float:
+    """Harm rate among g >= tau for the model above: the mean of slope*(1-g) over [tau, 1]."""
+    return slope * (1 - tau) / 2 if tau < 1 else 0.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_grouped_guarantee_holds_in_every_group_by_simulation(method: Method) -> None:
+    # an easy group and a hard one: pooled calibration would let the hard group exceed alpha
+    rng = np.random.default_rng(11)
+    failures = 0
+    draws = 400
+    for _ in range(draws):
+        g1, h1 = _group_draw(rng, 400, 0.10)
+        g2, h2 = _group_draw(rng, 400, 0.60)
+        result = calibrate_threshold(
+            np.concatenate([g1, g2]),
+            np.concatenate([h1, h2]),
+            method=method,
+            groups=np.array(["easy"] * 400 + ["hard"] * 400),
+        )
+        if result.feasible and _true_group_risk(result.tau, 0.60) > ALPHA:
+            failures += 1
+    assert failures / draws <= DELTA + 3.0 * math.sqrt(DELTA * (1 - DELTA) / draws)
+
+
+def test_pooled_calibration_can_break_the_hard_group_which_grouping_prevents() -> None:
+    rng = np.random.default_rng(5)
+    g1, h1 = _group_draw(rng, 4000, 0.02)
+    g2, h2 = _group_draw(rng, 1000, 0.60)
+    scores, harm = np.concatenate([g1, g2]), np.concatenate([h1, h2])
+    groups = np.array(["easy"] * 4000 + ["hard"] * 1000)
+    pooled = calibrate_threshold(scores, harm, method="fixed_sequence")
+    grouped = calibrate_threshold(scores, harm, method="fixed_sequence", groups=groups)
+    assert _true_group_risk(pooled.tau, 0.60) > ALPHA  # the mixture hides the hard group
+    assert _true_group_risk(grouped.tau, 0.60) <= ALPHA
+    assert grouped.tau > pooled.tau
+    assert set(grouped.groups) == {"easy", "hard"}
+    hard = grouped.groups["hard"]
+    assert hard["bound"] <= ALPHA and hard["n"] == 1000
+    # each group was tested at delta / 2
+    assert grouped.test_level == pytest.approx(DELTA / 2)
+
+
+def test_fixed_sequence_records_where_its_scan_started() -> None:
+    rng = np.random.default_rng(2)
+    g, h = _group_draw(rng, 300, 0.2)
+    result = calibrate_threshold(g, h, method="fixed_sequence")
+    assert result.scan_start_tau is not None and result.scan_start_tau < 1.0
+    # the first tested threshold activates enough units that zero harms could pass
+    assert np.sum(g >= result.scan_start_tau) >= math.ceil(math.log(DELTA) / math.log1p(-ALPHA))
+    assert calibrate_threshold(g, h, method="bonferroni").scan_start_tau is None
+    again = CalibrationResult.from_json(result.to_json())
+    assert again.scan_start_tau == result.scan_start_tau and again.test_level == result.test_level

@@ -11,6 +11,8 @@ from types import ModuleType
 
 import pytest
 
+from tests.tooling import missing_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 ENSURE_PROMETHEUS = DEPLOY / "scripts" / "ensure_prometheus.sh"
@@ -47,10 +49,10 @@ def prometheus_tools() -> dict[str, str]:
     if not (shutil.which("promtool") and shutil.which("prometheus")):
         done = subprocess.run(["bash", str(ENSURE_PROMETHEUS)], capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
-            pytest.skip(f"prometheus/promtool unavailable: {done.stderr.strip() or done.returncode}")
+            missing_tool(f"prometheus/promtool unavailable: {done.stderr.strip() or done.returncode}")
     promtool, prometheus = shutil.which("promtool"), shutil.which("prometheus")
     if not (promtool and prometheus):
-        pytest.skip("prometheus/promtool still not on PATH after deploy/scripts/ensure_prometheus.sh")
+        missing_tool("prometheus/promtool still not on PATH after deploy/scripts/ensure_prometheus.sh")
     return {"promtool": promtool, "prometheus": prometheus}
 
 

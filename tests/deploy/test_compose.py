@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.deploy.conftest import DEPLOY, venv_tool
+from tests.tooling import missing_tool
 
 COMPOSE = DEPLOY / "compose.yaml"
 
@@ -16,7 +16,7 @@ COMPOSE = DEPLOY / "compose.yaml"
 def check_compose(path: Path) -> subprocess.CompletedProcess[str]:
     tool = venv_tool("check-jsonschema")
     if tool is None:
-        pytest.skip("check-jsonschema not installed")
+        missing_tool("check-jsonschema not installed")
     # The compose-spec schema is vendored inside check-jsonschema: no network needed.
     return subprocess.run(
         [tool, "--builtin-schema", "vendor.compose-spec", str(path)], capture_output=True, text=True

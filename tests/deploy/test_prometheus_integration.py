@@ -10,7 +10,6 @@ the dashboard from this run (deploy/scripts/render_dashboard.py); docs/img/dashb
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
@@ -28,6 +27,7 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import DEPLOY, ROOT
+from tests.tooling import import_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -66,10 +66,6 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    module, _, factory = SERVICE_FACTORY.partition(":")
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None or f"def {factory}" not in Path(spec.origin).read_text():
-        pytest.skip(f"the service factory {SERVICE_FACTORY} does not exist yet")
     port = free_port()
     env = {
         **os.environ,
@@ -255,7 +251,7 @@ def test_hpa_metric_of_the_adapter_rule_has_data(prometheus: Any) -> None:
 def test_render_dashboard_png(prometheus: Any, dashboard_tools: ModuleType, tmp_path: Path) -> None:
     target = os.environ.get("SAVER_RENDER_DASHBOARD")
     if not target:
-        pytest.importorskip("matplotlib")
+        import_tool("matplotlib")
     out = Path(target) if target else tmp_path / "dashboard.png"
     variables = {
         **dashboard_tools.DEFAULT_VARIABLES,

@@ -12,11 +12,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.artifacts import WEIGHTS, ArtifactError, ArtifactInfo, load_artifacts, save_artifacts
+from model.artifacts import (
+    WEIGHTS,
+    ArtifactError,
+    ArtifactInfo,
+    load_artifacts,
+    save_artifacts,
+    threshold_from_calibration,
+)
 from model.base import SaverBase
 from model.config import SaverConfig
 from model.evidence import PostEvidence
-from model.loading import MNRE_RELATIONS
+from model.loading import MNRE_RELATIONS, load_pipeline
 from model.lora import LoRALinear
 from model.mner import MnerBatch, MnerModel
 from model.mre import MreBatch, MreModel
@@ -49,14 +56,13 @@ def as_trained(model: SaverBase) -> SaverBase:
 
 
 def predict(model: SaverBase) -> torch.Tensor:
-    model.vision_mode = "always"
     with torch.no_grad():
         if isinstance(model, MnerModel):
-            out: Any = model(MnerBatch(WORDS, list(EVIDENCE)))[0]
+            out: Any = model(MnerBatch(WORDS, list(EVIDENCE)), mode="always")[0]
         else:
             assert isinstance(model, MreModel)
-            out = model(MreBatch(WORDS, [(0, 2), (0, 1)], [(3, 5), (2, 3)], list(EVIDENCE)))[0]
-    model.vision_mode = "auto"
+            batch = MreBatch(WORDS, [(0, 2), (0, 1)], [(3, 5), (2, 3)], list(EVIDENCE))
+            out = model(batch, mode="always")[0]
     return out.probs
 
 
@@ -87,7 +93,8 @@ def test_round_trip_reproduces_the_outputs(
     assert not loaded.training
     torch.testing.assert_close(predict(loaded), expected, atol=PROB_TOLERANCE, rtol=0)
     assert (loaded_info.name, loaded_info.version, loaded_info.trained) == ("saver-test", "1.2.3", True)
-    assert loaded.threshold == 0.7 and loaded_info.metrics == {"f1": 50.0}
+    assert threshold_from_calibration(loaded_info.calibration) == 0.7
+    assert loaded_info.metrics == {"f1": 50.0}
     assert json.loads((tmp_path / "labels.json").read_text()) == model.cfg.labels
 
 
@@ -189,7 +196,12 @@ def test_trained_model_without_weights_raises(
 
 @pytest.mark.parametrize(
     ("calibration", "threshold"),
-    [({"tau": 0.31}, 0.31), ({"never_activate": True, "tau": 0.2}, math.inf), ({"tau": None}, math.inf)],
+    [
+        ({"tau": 0.31}, 0.31),
+        ({"never_activate": True, "tau": 0.2}, math.inf),
+        ({"tau": None}, math.inf),
+        ({}, 0.5),  # no calibration at all: the gate's midpoint
+    ],
 )
 def test_calibration_sets_the_threshold(
     plain_model: MnerModel,
@@ -199,5 +211,7 @@ def test_calibration_sets_the_threshold(
     threshold: float,
 ) -> None:
     path = saved(plain_model, tmp_path, calibration=calibration)
-    model, info = load_artifacts(path, encoder=encoder)
-    assert model.threshold == threshold and info.calibration == calibration
+    _, info = load_artifacts(path, encoder=encoder)
+    assert threshold_from_calibration(info.calibration) == threshold and info.calibration == calibration
+    # the pipeline built from the directory serves with that threshold
+    assert load_pipeline(path, "mner", encoder=encoder).threshold == threshold

@@ -15,30 +15,27 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from model.config import SaverConfig
+from model.evidence import PostEvidence
+from model.gate import VisionMode
 from model.head import EnergyHead
 from model.inference import TorchPipeline
 from model.loading import MNRE_RELATIONS, untrained_pipeline
 from model.mner import MnerBatch, MnerModel
 from model.mre import MreBatch, MreModel
-from model.pipeline import MnerResult, MreResult, SaverPipeline
+from model.pipeline import MnerResult, MreResult, SaverPipeline, TextRequest
+from model.runner import StagedRun, run_pipeline
 from model.text_encoder import TextEncoder
 
 TWEET = "Kevin Durant joins the Golden State Warriors tonight in #Oakland @warriors 🏀 http://t.co/xyz"
 
 
 def staged(
-    pipe: TorchPipeline, mode: str, images: list[Image.Image], **text: Any
+    pipe: TorchPipeline, mode: VisionMode, images: list[Image.Image], **text: Any
 ) -> tuple[MnerResult | MreResult, np.ndarray]:
-    """Drive the protocol the way the service does: images are only touched if some unit is activated."""
-    result = pipe.encode_text(**text)
-    activated = pipe.activation(result, mode)  # type: ignore[arg-type]
-    if not activated.any() or not images:
-        return pipe.fuse(result, activated, [[] for _ in activated], {}, {}), activated
-    screened = pipe.screen(images)
-    selected = pipe.select(result, activated, screened)
-    wanted = sorted({i for sel in selected for i in sel})
-    details = dict(zip(wanted, pipe.detail([images[i] for i in wanted]), strict=True))
-    return pipe.fuse(result, activated, selected, details, dict(enumerate(screened))), activated
+    """Drive the protocol the way the service does (images are only touched if some unit is activated);
+    -> the answer and the gate's decision per unit."""
+    run = run_pipeline(pipe, TextRequest(**text), images, mode)
+    return run.result, run.wanted
 
 
 class Counters:
@@ -53,7 +50,11 @@ def counters() -> Counters:
 
 
 def build(
-    model: MnerModel | MreModel, fake_backbone: Any, counters: Counters, monkeypatch: pytest.MonkeyPatch
+    model: MnerModel | MreModel,
+    fake_backbone: Any,
+    counters: Counters,
+    monkeypatch: pytest.MonkeyPatch,
+    threshold: float = 0.5,
 ) -> TorchPipeline:
     def factory() -> Any:
         counters.factory += 1
@@ -66,7 +67,7 @@ def build(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model, "pool_evidence", counting)
-    return TorchPipeline(model, factory, name="test", version="0", trained=False)
+    return TorchPipeline(model, factory, name="test", version="0", trained=False, threshold=threshold)
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +87,17 @@ def mre_model(encoder: TextEncoder, wake: Callable[[EnergyHead], None]) -> MreMo
 
 
 @pytest.fixture
-def mner_pipe(mner_model: MnerModel, fake_backbone: Any, counters: Counters, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    yield build(mner_model, fake_backbone, counters, monkeypatch)
-    mner_model.threshold = 0.5
+def mner_pipe(
+    mner_model: MnerModel, fake_backbone: Any, counters: Counters, monkeypatch: pytest.MonkeyPatch
+) -> TorchPipeline:
+    return build(mner_model, fake_backbone, counters, monkeypatch)
 
 
 @pytest.fixture
-def mre_pipe(mre_model: MreModel, fake_backbone: Any, counters: Counters, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    yield build(mre_model, fake_backbone, counters, monkeypatch)
-    mre_model.threshold = 0.5
+def mre_pipe(
+    mre_model: MreModel, fake_backbone: Any, counters: Counters, monkeypatch: pytest.MonkeyPatch
+) -> TorchPipeline:
+    return build(mre_model, fake_backbone, counters, monkeypatch)
 
 
 def test_torch_pipeline_satisfies_the_protocol(mner_pipe: TorchPipeline) -> None:
@@ -103,10 +106,11 @@ def test_torch_pipeline_satisfies_the_protocol(mner_pipe: TorchPipeline) -> None
 
 @pytest.mark.parametrize(("mode", "threshold"), [("never", 0.5), ("auto", math.inf)])
 def test_mner_gate_off_touches_no_image_and_is_the_text_answer(
-    mner_pipe: TorchPipeline, counters: Counters, fake_backbone: Any, images: Callable[[int], list[Image.Image]],
-    mode: str, threshold: float,
+    mner_model: MnerModel, counters: Counters, fake_backbone: Any, images: Callable[[int], list[Image.Image]],
+    monkeypatch: pytest.MonkeyPatch, mode: VisionMode, threshold: float,
 ) -> None:  # fmt: skip
-    mner_pipe.model.threshold = threshold
+    mner_pipe = build(mner_model, fake_backbone, counters, monkeypatch, threshold)
+    assert mner_pipe.threshold == threshold
     before = mner_pipe.model.vision_calls
     result, activated = staged(mner_pipe, mode, images(3), text=TWEET)
     assert not activated.any()
@@ -124,12 +128,8 @@ def test_mner_pipeline_agrees_with_the_model(mner_pipe: TorchPipeline) -> None:
     assert isinstance(result, MnerResult)
     text = mner_pipe.encode_text(text=TWEET)
     model = mner_pipe.model
-    model.vision_mode = "never"
-    try:
-        with torch.no_grad():
-            out, _ = model(MnerBatch([[w.text for w in text.words]]))
-    finally:
-        model.vision_mode = "auto"
+    with torch.no_grad():
+        out, _ = model(MnerBatch([[w.text for w in text.words]]), mode="never")
     assert [(e.token_start, e.token_end) for e in result.entities] == [
         (d.start, d.end) for d in out.entities[0]
     ]
@@ -201,16 +201,18 @@ def result_words(pipe: TorchPipeline) -> list[Any]:
 
 @pytest.mark.parametrize(("mode", "threshold"), [("never", 0.5), ("auto", math.inf)])
 def test_mre_gate_off_touches_no_image_and_is_the_text_answer(
-    mre_pipe: TorchPipeline, counters: Counters, fake_backbone: Any, images: Callable[[int], list[Image.Image]],
-    mode: str, threshold: float,
+    mre_model: MreModel, counters: Counters, fake_backbone: Any, images: Callable[[int], list[Image.Image]],
+    monkeypatch: pytest.MonkeyPatch, mode: VisionMode, threshold: float,
 ) -> None:  # fmt: skip
-    mre_pipe.model.threshold = threshold
+    mre_pipe = build(mre_model, fake_backbone, counters, monkeypatch, threshold)
+    assert mre_pipe.threshold == threshold
     result, activated = staged(mre_pipe, mode, images(2), text=TWEET, head=(0, 2), tail=(4, 7))
     assert not activated.any()
     assert counters.factory == 0 and counters.pool == 0 and fake_backbone.calls == {"screen": 0, "detail": 0}
     model = mre_pipe.model
     with torch.no_grad():
-        out, _ = model(MreBatch([[w.text for w in result_words(mre_pipe)]], [(0, 2)], [(4, 7)]))
+        batch = MreBatch([[w.text for w in result_words(mre_pipe)]], [(0, 2)], [(4, 7)])
+        out, _ = model(batch, threshold=threshold, mode=mode)
     assert isinstance(result, MreResult) and not result.activated
     assert result.relation == MNRE_RELATIONS[int(out.probs[0].argmax())]
     assert result.score == pytest.approx(float(out.probs[0].max()), abs=1e-6)
@@ -230,6 +232,91 @@ def test_mre_always_runs_the_vision_stages_and_changes_the_answer(
     assert isinstance(result, MreResult) and isinstance(text_only, MreResult)
     assert result.activated and 1 <= len(result.images) <= 2
     assert result.top != text_only.top
+
+
+# --- the served path and the evaluation path are one path, with vision on ---------------------------------
+def evidence_of(pipe: TorchPipeline, run: StagedRun, images: list[Image.Image]) -> PostEvidence:
+    """The post's evidence as ``forward`` reads it, from the tensors the served run produced: the screen
+    tier for selection, the detail tier for pooling. Images no unit chose were never detail-encoded by
+    the run; they are encoded here only so every item has both tiers (no unit may pick them)."""
+    missing = [i for i in range(len(images)) if i not in run.detailed]
+    detailed = dict(run.detailed)
+    detailed.update(zip(missing, pipe.detail([images[i] for i in missing]), strict=True))
+    screen = [s.payload for s in run.screened]
+    detail = [detailed[i].payload for i in range(len(images))]
+
+    def stack(payloads: list[dict[str, torch.Tensor | None]], key: str) -> torch.Tensor:
+        values = [p[key] for p in payloads]
+        assert all(v is not None for v in values), key  # the fake backbone has tags: every channel is there
+        return torch.stack([v for v in values if v is not None])
+
+    return PostEvidence(
+        text=stack(detail, "text"),
+        image=stack(detail, "image"),
+        regions=stack(detail, "regions"),
+        screen_text=stack(screen, "text"),
+        screen_image=stack(screen, "image"),
+    )
+
+
+@pytest.mark.parametrize("task", ["mner", "mre"])
+def test_served_answer_with_vision_equals_the_model_forward(
+    task: str,
+    mner_model: MnerModel,
+    mre_model: MreModel,
+    fake_backbone: Any,
+    images: Callable[[int], list[Image.Image]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Vision on: the staged service path (screen -> select -> detail -> fuse) and ``forward`` (training,
+    evaluation, calibration) give the same units, selections, probabilities and answer."""
+    model: MnerModel | MreModel = mner_model if task == "mner" else mre_model
+    pipe = TorchPipeline(model, lambda: fake_backbone, name="test", version="0", trained=False, threshold=0.5)
+    served: list[torch.Tensor] = []  # the (U, C) label distributions the served answer was decoded from
+    answer = model.result
+
+    def spy(post: Any, probs: torch.Tensor, activated: np.ndarray, used: list[list[int]]) -> Any:
+        served.append(probs.clone())
+        return answer(post, probs, activated, used)
+
+    monkeypatch.setattr(model, "result", spy)
+    pictures = images(3)
+    head, tail = ((0, 2), (4, 7)) if task == "mre" else (None, None)
+    run = run_pipeline(pipe, TextRequest(text=TWEET, head=head, tail=tail), pictures, "always")
+    assert run.activated.all() and len(run.screened) == len(pictures) and run.detailed
+    assert all(sel for sel in run.selected)  # every unit really used images
+    assert len(served) == 1
+
+    words = [[w.text for w in run.text.words]]
+    evidence: list[PostEvidence | None] = [evidence_of(pipe, run, pictures)]
+    with torch.no_grad():
+        if isinstance(model, MnerModel):
+            out: Any = model(MnerBatch(words, evidence), mode="always")[0]
+        else:
+            out = model(MreBatch(words, [(0, 2)], [(4, 7)], evidence), mode="always")[0]
+    assert out.scores.gamma.all()
+    assert out.scores.selected == run.selected  # the same images for every unit, by index
+    torch.testing.assert_close(served[0], out.probs, atol=1e-5, rtol=0)
+    text_only = torch.softmax(out.scores.text_logits, dim=-1)
+    assert (out.probs - text_only).abs().amax() > 1e-3  # vision really moved the scores
+
+    result = run.result
+    if isinstance(result, MnerResult):
+        assert [tuple(s) for s in out.spans.tolist()] == run.text.units
+        found = out.entities[0]
+        assert found  # something to compare
+        assert [(e.token_start, e.token_end, e.type, e.activated, e.images) for e in result.entities] == [
+            (d.start, d.end, model.cfg.labels[d.label - 1], True, out.scores.selected[d.unit]) for d in found
+        ]
+        assert [e.score for e in result.entities] == pytest.approx([d.score for d in found], abs=1e-5)
+    else:
+        assert isinstance(result, MreResult)
+        probs = out.probs[0]
+        order = torch.argsort(probs, descending=True)[:5].tolist()
+        assert result.relation == model.cfg.labels[order[0]] and result.activated
+        assert result.images == out.scores.selected[0]
+        assert [r for r, _ in result.top] == [model.cfg.labels[i] for i in order]
+        assert [s for _, s in result.top] == pytest.approx([float(probs[i]) for i in order], abs=1e-5)
 
 
 # --- random tweets through the real untrained pipeline -------------------------------------------------

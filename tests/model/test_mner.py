@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 import torch
 
+from model.base import GateSchedule
 from model.config import SaverConfig
 from model.evidence import PostEvidence
+from model.gate import VisionMode
 from model.head import EnergyHead
 from model.mner import MnerBatch, MnerModel, MnerTargets
 from model.spans import enumerate_spans
@@ -56,13 +58,11 @@ def count_pool(model: MnerModel, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def run(model: MnerModel, mode: str, threshold: float = 0.5, with_evidence: bool = True) -> Any:
-    model.vision_mode, model.threshold = mode, threshold  # type: ignore[assignment]
-    try:
-        with torch.no_grad():
-            out, _ = model(MnerBatch(WORDS, list(EVIDENCE) if with_evidence else []))
-    finally:
-        model.vision_mode, model.threshold = "auto", 0.5
+def run(model: MnerModel, mode: VisionMode, threshold: float = 0.5, with_evidence: bool = True) -> Any:
+    with torch.no_grad():
+        out, _ = model(
+            MnerBatch(WORDS, list(EVIDENCE) if with_evidence else []), threshold=threshold, mode=mode
+        )
     return out
 
 
@@ -77,7 +77,7 @@ def test_every_span_up_to_w_is_a_unit(model: MnerModel) -> None:
 
 @pytest.mark.parametrize(("mode", "threshold"), [("never", 0.5), ("never", 0.0), ("auto", math.inf)])
 def test_gate_off_is_exactly_the_text_path_and_does_no_vision_work(
-    model: MnerModel, count_pool: list[int], mode: str, threshold: float
+    model: MnerModel, count_pool: list[int], mode: VisionMode, threshold: float
 ) -> None:
     before = model.vision_calls
     out = run(model, mode, threshold)
@@ -176,7 +176,9 @@ def mner_step(model: MnerModel) -> Callable[[], torch.Tensor]:
     batch = MnerBatch(WORDS, list(EVIDENCE))
 
     def step() -> torch.Tensor:
-        _, loss = model(batch, TARGETS)
+        # the training path: γ by the gate schedule (no forced warm-up, floor 0), forced-vision scores
+        # computed for the eligible units with evidence
+        _, loss = model(batch, TARGETS, schedule=GateSchedule())
         assert loss is not None
         return loss
 

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 import torch
 
+from model.base import GateSchedule
 from model.config import SaverConfig
 from model.evidence import PostEvidence
+from model.gate import VisionMode
 from model.head import EnergyHead
 from model.loading import MNRE_RELATIONS
 from model.mre import MreBatch, MreModel, MreTargets
@@ -46,13 +48,10 @@ def model(encoder: TextEncoder, wake: Callable[[EnergyHead], None]) -> MreModel:
     return m
 
 
-def run(model: MreModel, mode: str, threshold: float = 0.5, with_evidence: bool = True) -> Any:
-    model.vision_mode, model.threshold = mode, threshold  # type: ignore[assignment]
-    try:
-        with torch.no_grad():
-            out, _ = model(MreBatch(WORDS, HEADS, TAILS, list(EVIDENCE) if with_evidence else []))
-    finally:
-        model.vision_mode, model.threshold = "auto", 0.5
+def run(model: MreModel, mode: VisionMode, threshold: float = 0.5, with_evidence: bool = True) -> Any:
+    batch = MreBatch(WORDS, HEADS, TAILS, list(EVIDENCE) if with_evidence else [])
+    with torch.no_grad():
+        out, _ = model(batch, threshold=threshold, mode=mode)
     return out
 
 
@@ -77,7 +76,7 @@ def test_swapping_head_and_tail_changes_the_pair(model: MreModel) -> None:
 
 @pytest.mark.parametrize(("mode", "threshold"), [("never", 0.5), ("never", 0.0), ("auto", math.inf)])
 def test_gate_off_is_exactly_the_text_path_and_does_no_vision_work(
-    model: MreModel, monkeypatch: pytest.MonkeyPatch, mode: str, threshold: float
+    model: MreModel, monkeypatch: pytest.MonkeyPatch, mode: VisionMode, threshold: float
 ) -> None:
     calls: list[int] = []
     original = model.pool_evidence
@@ -126,7 +125,7 @@ def test_a_few_optimisation_steps_lower_the_loss(fresh_encoder: TextEncoder) -> 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
     def loss() -> torch.Tensor:
-        _, value = model(batch, targets)
+        _, value = model(batch, targets, schedule=GateSchedule())  # the training path's γ
         assert value is not None
         return value
 

@@ -18,7 +18,6 @@ from model.onnx_export import (
     TEXT_GRAPH,
     TEXT_GRAPH_INT8,
     GraphDir,
-    dense_text_scores,
     ensure_text_graph,
     ensure_tier_graphs,
     text_graph_key,
@@ -34,10 +33,10 @@ def test_dense_text_scores_equal_the_sparse_router(n_experts: int, top_k: int) -
     head = EnergyHead(32, 5, n_experts, top_k, 16, 1.0, 0.0).eval()
     units = torch.randn(40, 32)
     with torch.no_grad():
-        torch.testing.assert_close(dense_text_scores(head, units), head.text_scores(units).scores)
+        torch.testing.assert_close(head.text_scores_dense(units), head.text_scores(units).scores)
         # any leading shape: (B, U, d) as the MNER graph uses it
         torch.testing.assert_close(
-            dense_text_scores(head, units.view(4, 10, 32)), head.text_scores(units).scores.view(4, 10, 5)
+            head.text_scores_dense(units.view(4, 10, 32)), head.text_scores(units).scores.view(4, 10, 5)
         )
 
 
@@ -87,7 +86,9 @@ def test_int8_text_graph_is_smaller_and_close(model: MnerModel, graphs: Path) ->
     assert int8.stat().st_size < 0.75 * full.stat().st_size
     backbone = FakeBackbone()
     pipes = [
-        OnnxPipeline(model, g, lambda: backbone, name="q", version="0", trained=False, threads=1)
+        OnnxPipeline(
+            model, g, lambda: backbone, name="q", version="0", trained=False, threshold=0.5, threads=1
+        )
         for g in (full, int8)
     ]
     tweet = "Kevin Durant joins the Golden State Warriors tonight in #Oakland @warriors"
@@ -95,7 +96,7 @@ def test_int8_text_graph_is_smaller_and_close(model: MnerModel, graphs: Path) ->
     assert a.units == b.units
     # int8 is lossy: close, not equal (the dev-F1 check decides whether it may be switched on)
     assert np.abs(a.gate - b.gate).max() < 0.05
-    ua, ub = a.state["units"].numpy(), b.state["units"].numpy()
+    ua, ub = a.state.units.numpy(), b.state.units.numpy()
     assert 0 < np.linalg.norm(ua - ub) / np.linalg.norm(ua) < 0.2  # measured 0.13 on this random-head model
 
 
@@ -123,5 +124,7 @@ def test_sessions_use_the_cpu_provider_without_a_gpu(model: MnerModel, graphs: P
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA; the CPU-only path is what is tested here")
     graph = ensure_text_graph(model, graphs)
-    pipe = OnnxPipeline(model, graph, FakeBackbone, name="c", version="0", trained=False, threads=1)
+    pipe = OnnxPipeline(
+        model, graph, FakeBackbone, name="c", version="0", trained=False, threshold=0.5, threads=1
+    )
     assert pipe.text_session.get_providers() == ["CPUExecutionProvider"]

@@ -21,8 +21,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model.artifacts import ArtifactInfo, load_artifacts, save_artifacts
+from model.artifacts import ArtifactInfo, load_artifacts, save_artifacts, threshold_from_calibration
 from model.config import SaverConfig
+from model.gate import VisionMode
 from model.head import EnergyHead
 from model.inference import TorchPipeline
 from model.loading import MNRE_RELATIONS, OnnxOptions, load_pipeline
@@ -39,10 +40,12 @@ from model.onnx_export import (
 )
 from model.onnx_pipeline import OnnxBackbone, OnnxPipeline, available_cpus, onnx_pipeline
 from model.pipeline import MnerResult, MreResult, SaverPipeline, TextRequest
+from model.runner import run_pipeline
 from model.text_encoder import TextEncoder
 from tests.model.conftest import FakeBackbone, make_images
 
 ATOL = 1e-4
+THRESHOLD = 0.5  # τ of an uncalibrated model
 
 TWEETS = [
     "Kevin Durant joins the Golden State Warriors tonight in #Oakland @warriors 🏀 http://t.co/xyz",
@@ -72,8 +75,17 @@ def pipelines(
     model: MnerModel | MreModel, cache: Path, backbone: FakeBackbone
 ) -> tuple[TorchPipeline, OnnxPipeline]:
     """A torch pipeline and an ONNX one on the same model and (fake) backbone."""
-    torch_pipe = TorchPipeline(model, lambda: backbone, name="t", version="0", trained=False)
-    built = onnx_pipeline(model, ArtifactInfo(name="o"), cache_dir=cache, threads=1, release_encoder=False)
+    torch_pipe = TorchPipeline(
+        model, lambda: backbone, name="t", version="0", trained=False, threshold=THRESHOLD
+    )
+    built = onnx_pipeline(
+        model,
+        ArtifactInfo(name="o"),
+        threshold=THRESHOLD,
+        cache_dir=cache,
+        threads=1,
+        release_encoder=False,
+    )
     graphs = ensure_tier_graphs(backbone, cache / "vision-fake", key="fake")
     onnx_pipe = OnnxPipeline(
         model,
@@ -82,6 +94,7 @@ def pipelines(
         name="o",
         version="0",
         trained=False,
+        threshold=THRESHOLD,
         threads=1,
         evidence_graph=cache / f"evidence-{evidence_graph_key(model.encoder)}" / EVIDENCE_GRAPH,
     )
@@ -110,16 +123,11 @@ def mre_pair(
     return pipelines(model, tmp_path_factory.mktemp("onnx-mre"), FakeBackbone())
 
 
-def staged(pipe: SaverPipeline, mode: str, images: list[Image.Image], **text: Any) -> MnerResult | MreResult:
-    result = pipe.encode_text(**text)
-    activated = pipe.activation(result, mode)  # type: ignore[arg-type]
-    if not activated.any() or not images:
-        return pipe.fuse(result, activated, [[] for _ in activated], {}, {})
-    screened = pipe.screen(images)
-    selected = pipe.select(result, activated, screened)
-    wanted = sorted({i for sel in selected for i in sel})
-    details = dict(zip(wanted, pipe.detail([images[i] for i in wanted]), strict=True))
-    return pipe.fuse(result, activated, selected, details, dict(enumerate(screened)))
+def staged(
+    pipe: SaverPipeline, mode: VisionMode, images: list[Image.Image], **text: Any
+) -> MnerResult | MreResult:
+    """Every stage in order, as the service runs them."""
+    return run_pipeline(pipe, TextRequest(**text), images, mode).result
 
 
 def assert_same_entities(a: MnerResult | MreResult, b: MnerResult | MreResult) -> None:
@@ -144,11 +152,13 @@ def test_mner_text_stage_matches_torch(mner_pair: tuple[TorchPipeline, OnnxPipel
     assert a.units == b.units and len(a.units) > 0
     np.testing.assert_allclose(a.gate, b.gate, atol=ATOL)
     for name in ("units", "text_logits"):
-        np.testing.assert_allclose(a.state[name].numpy(), b.state[name].numpy(), atol=ATOL)
+        np.testing.assert_allclose(getattr(a.state, name).numpy(), getattr(b.state, name).numpy(), atol=ATOL)
 
 
 @pytest.mark.parametrize("mode", ["never", "always"])
-def test_mner_decodes_the_same_entities(mner_pair: tuple[TorchPipeline, OnnxPipeline], mode: str) -> None:
+def test_mner_decodes_the_same_entities(
+    mner_pair: tuple[TorchPipeline, OnnxPipeline], mode: VisionMode
+) -> None:
     torch_pipe, onnx_pipe = mner_pair
     images = make_images(3, seed=1)
     used_images = False
@@ -171,7 +181,9 @@ def test_mner_pre_tokenised_and_empty_posts(mner_pair: tuple[TorchPipeline, Onnx
 
 
 @pytest.mark.parametrize("mode", ["never", "always"])
-def test_mre_decodes_the_same_relation(mre_pair: tuple[TorchPipeline, OnnxPipeline], mode: str) -> None:
+def test_mre_decodes_the_same_relation(
+    mre_pair: tuple[TorchPipeline, OnnxPipeline], mode: VisionMode
+) -> None:
     torch_pipe, onnx_pipe = mre_pair
     images = make_images(3, seed=2)
     for text, head, tail in PAIRS:
@@ -180,9 +192,7 @@ def test_mre_decodes_the_same_relation(mre_pair: tuple[TorchPipeline, OnnxPipeli
             onnx_pipe.encode_text(text=text, head=head, tail=tail),
         )
         np.testing.assert_allclose(ta.gate, tb.gate, atol=ATOL)
-        np.testing.assert_allclose(
-            ta.state["text_logits"].numpy(), tb.state["text_logits"].numpy(), atol=ATOL
-        )
+        np.testing.assert_allclose(ta.state.text_logits.numpy(), tb.state.text_logits.numpy(), atol=ATOL)
         a = staged(torch_pipe, mode, images, text=text, head=head, tail=tail)
         b = staged(onnx_pipe, mode, images, text=text, head=head, tail=tail)
         assert isinstance(a, MreResult) and isinstance(b, MreResult)
@@ -208,7 +218,7 @@ def test_batched_text_encoding_equals_one_by_one(
             assert (together.text, together.units) == (alone.text, alone.units)
             np.testing.assert_allclose(together.gate, alone.gate, atol=ATOL)
             np.testing.assert_allclose(
-                together.state["text_logits"].numpy(), alone.state["text_logits"].numpy(), atol=ATOL
+                together.state.text_logits.numpy(), alone.state.text_logits.numpy(), atol=ATOL
             )
 
 
@@ -261,12 +271,13 @@ def test_graphs_in_the_artifacts_are_used_and_stale_ones_are_not(
     (art / "onnx" / MANIFEST).write_text('{"text.onnx": "someone-elses-weights"}')
     third = load_pipeline(art, "mner", encoder=copy.deepcopy(enc), backend="onnx", onnx=options)
     assert isinstance(third, OnnxPipeline) and third.text_graph.parent.parent == cache
-    model, _ = load_artifacts(art, copy.deepcopy(enc))
+    model, info = load_artifacts(art, copy.deepcopy(enc))
+    threshold = threshold_from_calibration(info.calibration)
+    assert first.threshold == second.threshold == third.threshold == threshold
+    reference = TorchPipeline(model, FakeBackbone, name="t", version="0", trained=True, threshold=threshold)
     tweet = TWEETS[0]
     np.testing.assert_allclose(
-        third.encode_text(text=tweet).gate,
-        TorchPipeline(model, FakeBackbone, name="t", version="0", trained=True).encode_text(text=tweet).gate,
-        atol=ATOL,
+        third.encode_text(text=tweet).gate, reference.encode_text(text=tweet).gate, atol=ATOL
     )
 
 
@@ -276,7 +287,8 @@ def test_the_built_pipeline_frees_the_torch_encoder_and_still_agrees(
     torch_pipe, onnx_pipe = mner_pair
     cache = onnx_pipe.text_graph.parent.parent
     model = copy.deepcopy(torch_pipe.model)
-    built = onnx_pipeline(model, ArtifactInfo(name="b"), cache_dir=cache, threads=1)  # graphs found by key
+    # graphs found by key
+    built = onnx_pipeline(model, ArtifactInfo(name="b"), threshold=THRESHOLD, cache_dir=cache, threads=1)
     assert built.text_graph == onnx_pipe.text_graph
     assert all(p.is_meta for p in model.encoder.bert.parameters())
     for tweet in TWEETS[:2]:

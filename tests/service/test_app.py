@@ -13,6 +13,7 @@ import pytest
 from service.fake import FakePipeline
 from service.schemas import MAX_IMAGE_URLS, MAX_TEXT_CHARS
 from tests.service.apphelpers import app_settings, fakes, running_app
+from tests.service.fakes import InstrumentedFake, instrumented
 from tests.service.imageserver import ImageServer, start_image_server
 
 GROUNDABLE = "Kevin Durant joins the warriors"  # capitalised span: the fake's gate activates
@@ -32,7 +33,7 @@ def server(images: ImageServer) -> ImageServer:
 
 
 async def test_text_without_groundable_span_touches_no_image(server: ImageServer) -> None:
-    pipes = fakes()
+    pipes = instrumented()
     async with running_app(pipelines=pipes) as (client, _):
         at_warmup = dict(pipes["mner"].calls)
         r = await client.post("/mner", json={"text": PLAIN, "image_urls": [server.url("/gen/rgb.jpg")]})
@@ -92,7 +93,7 @@ async def test_vision_never_and_always_override_the_gate(server: ImageServer) ->
 
 
 async def test_screen_cache_refetches_only_selected_images(server: ImageServer) -> None:
-    pipes = fakes(select_k=1)
+    pipes = instrumented(select_k=1)
     paths = ["/gen/rgb.jpg", "/gen/palette.png", "/gen/rgba.png"]
     request = {"text": "Paris", "image_urls": [server.url(p) for p in paths]}
     async with running_app(pipelines=pipes) as (client, _):
@@ -254,7 +255,7 @@ async def test_body_over_the_byte_cap_is_413() -> None:
 
 async def test_full_queue_answers_429_with_retry_after() -> None:
     release = threading.Event()
-    pipes = {"mner": FakePipeline("mner", block_stage="fuse", release=release)}
+    pipes = {"mner": InstrumentedFake("mner", block_stage="fuse", release=release)}
     settings = app_settings(max_concurrent_inferences=1, max_queue=1, retry_after_s=3, warmup=False)
     async with running_app(settings, pipes) as (client, app):
         busy = asyncio.create_task(_post(client, {"text": PLAIN}))
@@ -275,7 +276,7 @@ async def test_full_queue_answers_429_with_retry_after() -> None:
 
 async def test_request_past_its_deadline_is_504() -> None:
     release = threading.Event()
-    pipes = {"mner": FakePipeline("mner", block_stage="encode_text", release=release)}
+    pipes = {"mner": InstrumentedFake("mner", block_stage="encode_text", release=release)}
     async with running_app(app_settings(request_timeout_s=0.2, warmup=False), pipes) as (client, _):
         r = await _post(client, {"text": PLAIN})
         release.set()
@@ -314,7 +315,7 @@ async def test_unknown_route_uses_the_error_shape() -> None:
 
 
 async def test_probes_models_and_request_id() -> None:
-    pipes = {"mner": FakePipeline("mner", trained=False), "mre": FakePipeline("mre")}
+    pipes = {"mner": FakePipeline("mner"), "mre": FakePipeline("mre", trained=True)}
     async with running_app(pipelines=pipes) as (client, app):
         health = await client.get("/healthz")
         ready = await client.get("/readyz")
@@ -328,15 +329,17 @@ async def test_probes_models_and_request_id() -> None:
     assert health.json() == {"status": "ok"} and ready.json() == {"status": "ready"}
     assert draining.status_code == 503
     by_task = {m["task"]: m for m in models}
-    assert by_task["mner"]["trained"] is False
-    assert by_task["mner"]["warning"] == "untrained: randomly initialised weights"
+    assert by_task["mner"]["name"] == "fake-mner"
+    assert by_task["mner"]["trained"] is False  # the fake's default: it is no trained model
+    assert by_task["mner"]["warning"].startswith("fake model")
+    assert by_task["mre"]["trained"] is True and by_task["mre"]["warning"] is None
     assert by_task["mre"]["labels"][0] == "None" and by_task["mre"]["calibration"]["coverage"] == 0.25
     assert answer.headers["x-request-id"] == "abc-123"
     assert answer.json()["model"] == {
         "name": "fake-mner",
         "version": "0.0-test",
         "trained": False,
-        "warning": "untrained: randomly initialised weights",
+        "warning": "fake model: a deterministic test stand-in, not a trained model",
     }
     assert bad_id.headers["x-request-id"] != "bad id; drop table"
     assert len(bad_id.headers["x-request-id"]) == 32
@@ -370,7 +373,7 @@ async def test_shutdown_drains_in_flight_requests() -> None:
     from service.app import create_app
 
     release = threading.Event()
-    pipes = {"mner": FakePipeline("mner", block_stage="fuse", release=release)}
+    pipes = {"mner": InstrumentedFake("mner", block_stage="fuse", release=release)}
     app = create_app(app_settings(warmup=False, shutdown_grace_s=5), pipes)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://saver.test") as client:

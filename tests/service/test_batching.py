@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 
 from model.pipeline import MnerResult, TextRequest
+from model.runner import run_pipeline
 from service.batching import TextBatcher
 from service.fake import FakePipeline
-from tests.service.apphelpers import app_settings, fakes, running_app
+from tests.service.apphelpers import app_settings, running_app
+from tests.service.fakes import InstrumentedFake, instrumented
 
 TEXTS = ["Kevin Durant joins the Warriors", "nothing here", "Obama in Paris", "New York New York", "ok"]
 
@@ -23,7 +25,7 @@ async def offload(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 async def test_concurrent_requests_share_one_forward_and_get_their_own_results() -> None:
-    fake = FakePipeline("mner")
+    fake = InstrumentedFake("mner")
     batcher = TextBatcher(fake, offload, max_wait_s=0.05, max_batch=8)
     results = await asyncio.gather(*(batcher.encode(TextRequest(t)) for t in TEXTS))
     assert fake.batch_sizes == [len(TEXTS)]
@@ -37,7 +39,7 @@ async def test_concurrent_requests_share_one_forward_and_get_their_own_results()
 
 
 async def test_batches_close_at_the_size_cap() -> None:
-    fake = FakePipeline("mner")
+    fake = InstrumentedFake("mner")
     batcher = TextBatcher(fake, offload, max_wait_s=10.0, max_batch=2)  # the wait would never end a batch
     started = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*(batcher.encode(TextRequest(t)) for t in TEXTS[:4])), 5)
@@ -45,7 +47,7 @@ async def test_batches_close_at_the_size_cap() -> None:
 
 
 async def test_a_lone_request_waits_only_the_bounded_time() -> None:
-    fake = FakePipeline("mner")
+    fake = InstrumentedFake("mner")
     batcher = TextBatcher(fake, offload, max_wait_s=0.002, max_batch=8)
     result = await asyncio.wait_for(batcher.encode(TextRequest("Obama in Paris")), 5)
     assert result.text == "Obama in Paris" and fake.batch_sizes == [1]
@@ -54,7 +56,7 @@ async def test_a_lone_request_waits_only_the_bounded_time() -> None:
 
 
 async def test_one_bad_request_fails_alone() -> None:
-    fake = FakePipeline("mre")
+    fake = InstrumentedFake("mre")
     batcher = TextBatcher(fake, offload, max_wait_s=0.05, max_batch=8)
     good = batcher.encode(TextRequest("Obama visited Paris", head=(0, 1), tail=(2, 3)))
     bad = batcher.encode(TextRequest("Obama visited Paris"))  # MRE without head and tail
@@ -65,7 +67,7 @@ async def test_one_bad_request_fails_alone() -> None:
 
 
 async def test_a_caller_that_gave_up_does_not_break_the_batch() -> None:
-    fake = FakePipeline("mner")
+    fake = InstrumentedFake("mner")
     batcher = TextBatcher(fake, offload, max_wait_s=0.05, max_batch=8)
     impatient = asyncio.ensure_future(batcher.encode(TextRequest("Obama")))
     patient = asyncio.ensure_future(batcher.encode(TextRequest("Kevin Durant")))
@@ -78,7 +80,7 @@ async def test_a_caller_that_gave_up_does_not_break_the_batch() -> None:
 
 @pytest.mark.parametrize("microbatch", [False, True])
 async def test_the_app_answers_the_same_with_micro_batching(microbatch: bool) -> None:
-    pipes = fakes()
+    pipes = instrumented()
     settings = app_settings(microbatch=microbatch, microbatch_wait_ms=20.0, max_concurrent_inferences=8)
     async with running_app(settings, pipes) as (client, _):
         responses = await asyncio.gather(*(client.post("/mner", json={"text": t}) for t in TEXTS))
@@ -86,7 +88,7 @@ async def test_the_app_answers_the_same_with_micro_batching(microbatch: bool) ->
             "/mre", json={"text": "Obama visited Paris", "head": {"text": "Obama"}, "tail": {"text": "Paris"}}
         )
     assert all(r.status_code == 200 for r in responses) and pair.status_code == 200
-    expected = [_entities(pipes["mner"], t) for t in TEXTS]
+    expected = [_entities(FakePipeline("mner"), t) for t in TEXTS]
     got = [[(e["text"], e["type"], e["score"]) for e in r.json()["entities"]] for r in responses]
     assert got == expected
     assert pair.json()["relation"] != "None"
@@ -101,8 +103,6 @@ async def test_the_app_answers_the_same_with_micro_batching(microbatch: bool) ->
 
 def _entities(fake: FakePipeline, text: str) -> list[tuple[str, str, float]]:
     """The fake's answer for a post without images, computed directly."""
-    result = fake.encode_text(text)
-    activated = fake.activation(result, "auto")
-    answer = fake.fuse(result, activated, [[] for _ in activated], {}, {})
+    answer = run_pipeline(fake, TextRequest(text)).result
     assert isinstance(answer, MnerResult)
     return [(e.text, e.type, e.score) for e in answer.entities]

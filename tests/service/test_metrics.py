@@ -47,12 +47,12 @@ async def test_known_sequence_gives_exact_counts(server: ImageServer) -> None:
     assert m("saver_requests_total", endpoint="mner", status="422") == 1
     assert m("saver_requests_total", endpoint="mre", status="200") == 1
     assert m("saver_request_duration_seconds_count", endpoint="mner") == 4
-    assert m("saver_gate_requests_total", endpoint="mner", decision="skipped") == 1
-    assert m("saver_gate_requests_total", endpoint="mner", decision="activated") == 2
-    assert m("saver_gate_requests_total", endpoint="mre", decision="activated") == 1
-    assert m("saver_gate_units_total", endpoint="mner", decision="skipped") == 15 + 9 + 9
-    assert m("saver_gate_units_total", endpoint="mner", decision="activated") == 3 + 3
-    assert m("saver_gate_units_total", endpoint="mre", decision="activated") == 1
+    assert m("saver_gate_requests_total", endpoint="mner", decision="skipped", mode="auto") == 1
+    assert m("saver_gate_requests_total", endpoint="mner", decision="activated", mode="auto") == 2
+    assert m("saver_gate_requests_total", endpoint="mre", decision="activated", mode="auto") == 1
+    assert m("saver_gate_units_total", endpoint="mner", decision="skipped", mode="auto") == 15 + 9 + 9
+    assert m("saver_gate_units_total", endpoint="mner", decision="activated", mode="auto") == 3 + 3
+    assert m("saver_gate_units_total", endpoint="mre", decision="activated", mode="auto") == 1
     assert m("saver_images_total", endpoint="mner", outcome="skipped") == 1
     assert m("saver_images_total", endpoint="mner", outcome="fetched") == 1
     assert m("saver_images_total", endpoint="mner", outcome="selected") == 1
@@ -69,13 +69,34 @@ async def test_known_sequence_gives_exact_counts(server: ImageServer) -> None:
         "task": "mner",
         "name": "fake-mner",
         "version": "0.0-test",
-        "trained": "true",
+        "trained": "false",  # the fake is no trained model
         "threshold": "0.5",
     }
     assert m("saver_model_info", **labels) == 1
     assert m("saver_gate_calibrated_coverage", endpoint="mner") == 0.25
     # No URL, text or request id ever becomes a label value.
     assert not re.search(r'="[^"]*(http|Kevin|tired)', text)
+
+
+async def test_gate_counters_are_labelled_with_the_vision_mode() -> None:
+    plain = "so tired of this weather today"  # 15 units, none capitalised: auto skips them all
+    async with running_app() as (client, _):
+        await client.post("/mner", json={"text": plain, "options": {"vision": "always"}})
+        await client.post("/mner", json={"text": plain, "options": {"vision": "never"}})
+        await client.post("/mner", json={"text": plain})
+        text = (await client.get("/metrics")).text
+
+    def m(name: str, /, **labels: str) -> float:
+        return metric_value(text, name, **labels)
+
+    # "always" activates what auto would skip: counted under its own mode, never under auto's.
+    assert m("saver_gate_requests_total", endpoint="mner", decision="activated", mode="always") == 1
+    assert m("saver_gate_units_total", endpoint="mner", decision="activated", mode="always") == 15
+    assert m("saver_gate_requests_total", endpoint="mner", decision="activated", mode="auto") == 0
+    assert m("saver_gate_units_total", endpoint="mner", decision="activated", mode="auto") == 0
+    assert m("saver_gate_requests_total", endpoint="mner", decision="skipped", mode="never") == 1
+    assert m("saver_gate_requests_total", endpoint="mner", decision="skipped", mode="auto") == 1
+    assert m("saver_gate_units_total", endpoint="mner", decision="skipped", mode="auto") == 15
 
 
 async def test_repeated_post_counts_cache_hits(server: ImageServer) -> None:

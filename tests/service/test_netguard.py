@@ -26,6 +26,7 @@ from service.netguard import (
     numeric_host,
 )
 from tests.service.imageserver import ImageServer, fixture_bytes, self_signed_tls, start_image_server
+from tests.tooling import missing_tool
 
 
 @pytest.fixture(scope="module")
@@ -209,8 +210,9 @@ async def test_the_client_ignores_proxy_environment(
     assert response.status_code == 200
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 async def test_https_keeps_the_host_name_for_sni_and_certificate_checks(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        missing_tool("needs the openssl command to make a certificate")
     # The socket goes to the checked IP, yet TLS still verifies the certificate against the URL's host.
     server_context, ca_file = self_signed_tls("images.test", tmp_path)
     guard = AddressGuard(allow_loopback=True, resolver=lambda host: ["127.0.0.1"])

@@ -80,11 +80,12 @@ def test_served_process_answers_and_aggregates_metrics(
         r = httpx.post(f"{base}/mner", json={"text": "Kevin Durant joins the warriors"}, timeout=10)
         assert r.status_code == 200
         assert r.json()["entities"][0]["text"] == "Kevin Durant"
-        assert r.json()["model"]["name"] == "fake-mner"
+        assert r.json()["model"]["name"] == "fake-mner" and r.json()["model"]["trained"] is False
     for _ in range(4):  # whichever worker answers the scrape reports every worker's requests
         text = httpx.get(f"{base}/metrics", timeout=10).text
         assert metric_value(text, "saver_requests_total", endpoint="mner", status="200") == n
-        assert metric_value(text, "saver_gate_requests_total", endpoint="mner", decision="activated") == n
+        gate = {"endpoint": "mner", "decision": "activated", "mode": "auto"}
+        assert metric_value(text, "saver_gate_requests_total", **gate) == n
         assert metric_value(text, "saver_inflight_requests") == 0
     assert httpx.get(f"{base}/healthz", timeout=10).json() == {"status": "ok"}
 

@@ -14,6 +14,7 @@ from PIL import Image
 from service.cache import ScreenCache
 from service.fake import FakePipeline
 from service.vision import BUDGET_EXCEEDED, FetchResult, VisionPath
+from tests.service.fakes import InstrumentedFake
 
 
 @dataclass
@@ -79,7 +80,7 @@ def test_failed_fetch_reason_is_reported() -> None:
 
 def test_duplicate_urls_are_fetched_once_and_reported_under_the_first_index() -> None:
     fetcher = ScriptedFetcher({"a": "ok"})
-    pipe = FakePipeline()
+    pipe = InstrumentedFake()
     out = _run(VisionPath(pipe, ScreenCache(8), fetcher), ["a", "a"])
     assert fetcher.calls == [["a"]]
     assert pipe.images_seen["screen"] == 1
@@ -88,7 +89,7 @@ def test_duplicate_urls_are_fetched_once_and_reported_under_the_first_index() ->
 
 def test_cache_skips_screening_and_fetches_only_selected() -> None:
     fetcher = ScriptedFetcher({"a": "ok", "b": "ok", "c": "ok"})
-    pipe = FakePipeline(select_k=1)
+    pipe = InstrumentedFake(select_k=1)
     path = VisionPath(pipe, ScreenCache(8), fetcher)
     first = _run(path, ["a", "b", "c"])
     second = _run(path, ["a", "b", "c"])

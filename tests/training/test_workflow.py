@@ -1,4 +1,5 @@
-"""End to end through the training package on tiny hand-written fixtures: train -> calibrate -> evaluate -> export.
+"""End to end through the training package on tiny hand-written fixtures: train -> fit gate -> calibrate ->
+check -> evaluate -> export.
 
 These use the real MiniLM encoder (no network) and two optimisation steps; they check the contracts (run folder,
 artifact directory, the SPEC §5 JSON keys), not accuracy.
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from saver.cli import main as saver_main
+from training.splits import SplitSpec, split_datasets, split_posts
 from training.trainer import TrainConfig, schedule_at
-from training.workflow import split_for_calibration, train
+from training.workflow import train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SPEC_KEYS = {
@@ -28,6 +30,7 @@ SPEC_KEYS = {
     "gate",
     "seconds",
 }
+SPLIT = {"selection": 0.34, "calibration": 0.33, "check": 0.33, "seed": 3}
 GATE_KEYS = {
     "threshold",
     "activation_rate",
@@ -50,7 +53,7 @@ def _config(tmp_path: Path, task: str) -> Path:
             "captions": [str(FIXTURES / "captions_sample.txt")],
             "groundability": str(FIXTURES / "groundability_sample.jsonl"),
             "evidence_style": "pseudo_tags",
-            "calibration_fraction": 1.0,
+            "split": SPLIT,
         }
         model = {"task": "mner", "labels": ["PER", "LOC", "ORG", "MISC"], "d_model": 32, "lora_rank": 2}
     else:
@@ -59,12 +62,16 @@ def _config(tmp_path: Path, task: str) -> Path:
             "dev": [str(FIXTURES / "mnre_sample.txt")],
             "captions": [str(FIXTURES / "captions_sample.txt")],
             "evidence_style": "caption",
-            "calibration_fraction": 1.0,
+            "split": SPLIT,
         }
         labels = json.loads((FIXTURES / "rel2id_sample.json").read_text())
         model = {"task": "mre", "labels": sorted(labels, key=labels.get), "d_model": 32, "lora_rank": 2}
     path = tmp_path / f"{task}.json"
-    path.write_text(json.dumps({"model": model, "train": {"epochs": 2, "batch_size": 2}, "data": data}))
+    config = {"model": model, "train": {"epochs": 2, "batch_size": 2}, "data": data}
+    config["calibration"] = {"method": "fixed_sequence", "alpha": 0.1, "delta": 0.05}
+    if task == "mner":
+        config["gate_fit"] = {"enabled": True, "targets": ["groundability", "utility"], "epochs": 2}
+    path.write_text(json.dumps(config))
     return path
 
 
@@ -90,7 +97,14 @@ def test_train_writes_run_folder_and_artifact(tmp_path: Path, task: str) -> None
         "empirical_risk",
         "bound",
     } <= calibration.keys()
-    assert set(metrics) >= {"never", "auto", "always", "train_seconds"}
+    # the record says which posts it was computed on, by what rule, and which evidence
+    sample = "fixtures/umt_sample" if task == "mner" else "fixtures/mnre_sample"
+    assert set(calibration["split"]["parts"][sample]) == {"selection", "calibration", "check"}
+    assert {"eligibility", "evidence", "scan_start_tau", "test_level"} <= calibration.keys()
+    assert set(metrics["dev"]) >= {"never", "auto", "always", "train_seconds"}
+    assert "pooled" in metrics["check"] and "harm_rate" in metrics["check"]["pooled"]
+    if task == "mner":
+        assert metrics["gate_fit"]["chosen"] in {"groundability", "utility"}
 
     saver_main(["export", "--run", str(run), "--out", str(tmp_path / "exported")])
     card = (tmp_path / "exported" / "MODEL_CARD.md").read_text()
@@ -123,12 +137,13 @@ def test_calibrate_command_rewrites_calibration(tmp_path: Path) -> None:
             "--alpha",
             "0.2",
             "--method",
-            "fixed_sequence",
+            "bonferroni",
         ]
     )
     record = json.loads((artifact / "calibration.json").read_text())
-    assert record["alpha"] == 0.2 and record["method"] == "fixed_sequence"
+    assert record["alpha"] == 0.2 and record["method"] == "bonferroni"
     assert 0.0 <= record["unit_activation_rate"] <= 1.0
+    assert record["data"] == str(FIXTURES / "umt_sample.txt")
 
 
 def test_gate_schedule_warms_up_then_anneals_the_floor() -> None:
@@ -139,9 +154,22 @@ def test_gate_schedule_warms_up_then_anneals_the_floor() -> None:
     assert floors == sorted(floors, reverse=True) and floors[0] == 1.0 and floors[-1] == 0.0
 
 
-def test_calibration_split_is_deterministic_and_disjoint() -> None:
-    items = list(range(100))
-    a1, b1 = split_for_calibration(items, 0.3, seed=7)  # type: ignore[arg-type]
-    a2, b2 = split_for_calibration(items, 0.3, seed=7)  # type: ignore[arg-type]
-    assert a1 == a2 and b1 == b2 and len(a1) == 30
-    assert not set(a1) & set(b1) and sorted(a1 + b1) == items
+class _Post:
+    def __init__(self, i: int) -> None:
+        self.id = f"p{i}"
+
+
+def test_dev_split_is_deterministic_disjoint_and_complete() -> None:
+    posts = [_Post(i) for i in range(101)]
+    spec = SplitSpec(0.4, 0.3, 0.3, seed=7)
+    a, b = split_posts(posts, spec, "d"), split_posts(posts, spec, "d")
+    assert a == b
+    ids = [{p.id for p in a[part]} for part in ("selection", "calibration", "check")]
+    assert [len(x) for x in ids] == [40, 30, 31]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert set().union(*ids) == {p.id for p in posts}
+    # each dataset is cut on its own: adding a second dataset does not move the first one's posts
+    both = split_datasets({"d": posts, "e": [_Post(i) for i in range(200, 250)]}, spec)
+    assert both["d"] == a
+    with pytest.raises(ValueError):
+        SplitSpec(0.5, 0.5, 0.5)

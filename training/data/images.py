@@ -8,6 +8,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from model.image_decode import bounded_upright_rgb
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
@@ -94,7 +96,7 @@ class ImageStore:
             return None
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")
+                return bounded_upright_rgb(image)  # the pixels the service would decode from these bytes
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             logger.warning("cannot read image %s: %s", path, exc)
             return None
