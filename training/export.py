@@ -140,6 +140,10 @@ def gate_section(metrics: dict[str, Any], task: str) -> list[str]:
         lines += ["| split | entities | gate AUROC | entity-type prior AUROC |", "|---|---|---|---|"]
         for name, a in auroc.items():
             lines.append(f"| {name} | {a['n']} | {_fmt(a['gate'])} | {_fmt(a['type_prior'])} |")
+        for name, a in (metrics.get("gate_auroc_held_out") or {}).items():
+            lines.append(
+                f"| {name}, calibration + check parts only | {a['n']} | {_fmt(a['gate'])} | {_fmt(a['type_prior'])} |"
+            )
     return lines
 
 

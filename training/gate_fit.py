@@ -6,8 +6,10 @@ path's answers, hence ``never`` F1, stay exactly as trained. Being cheap, it is 
 target and the targets are compared on the *selection* part of dev, never on the calibration or check
 parts:
 
-* ``groundability``: BCE against the per-entity annotation; eligible spans that are not entities are
-  not groundable (there is nothing to ground).
+* ``groundability``: BCE against the per-entity annotation, on the annotated gold entities (spans that
+  are not entities carry no annotation; the text path's confidence and the eligibility rule deal with
+  them, and on the selection part leaving them out ranked entities better: AUROC 0.876 / 0.796 against
+  0.848 / 0.781 with them as negatives, mean of three seeds).
 * ``utility``: the paper's target, 1 where the forced-vision loss is below the text-only loss (units
   whose post has evidence).
 * ``mix``: the mean of the two losses.
@@ -118,7 +120,7 @@ def fit_gate_weights(
     gate.train()
     optimizer = torch.optim.AdamW(gate.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     n = data.features.size(0)
-    g_known, u_known = data.groundable >= 0, data.utility >= 0
+    g_known, u_known = (data.groundable >= 0) & data.entity, data.utility >= 0
     for _ in range(spec.epochs):
         for rows in torch.randperm(n).split(spec.batch_size):
             logit = gate(F.dropout(data.features[rows], spec.input_dropout))
