@@ -186,8 +186,11 @@ def calibrate_threshold(
         grid: thresholds to try; default :func:`default_grid` (101 values).
         harm_definition: ``"forced_vision_wrong"`` (the paper's) or ``"not_groundable"``; recorded only.
         groups: optional group label per unit (e.g. the dataset). Then a threshold is feasible only if it
-            is certified in every group, each at level δ / (number of groups): the guarantee then holds
-            for every group, not only for their pooled mixture.
+            is certified in every group: with probability >= 1 - δ every group's risk at the chosen τ is
+            <= α, not only the pooled mixture's. No split of δ over groups is needed: a failure needs the
+            test of one fixed (threshold, group) pair whose true risk exceeds α to pass (fixed-sequence:
+            the first infeasible threshold in scan order and a group infeasible there; Bonferroni: per
+            threshold, one group infeasible there), an intersection-union argument.
 
     Returns:
         A :class:`CalibrationResult`. When no threshold is certified, ``tau`` is ``math.inf`` (never
@@ -203,8 +206,7 @@ def calibrate_threshold(
     curve = risk_curve(scores, harm, grid)
     grid_size = int(curve.tau.size)
     by_group = _group_curves(scores, harm, groups, curve.tau)
-    n_tests = max(len(by_group), 1)
-    level = delta / n_tests / (grid_size if method == "bonferroni" else 1)
+    level = delta / (grid_size if method == "bonferroni" else 1)  # groups need no share of δ (see docstring)
     tested = by_group or {"": curve}
     group_bounds = {
         name: clopper_pearson_upper_many(c.n_harm, c.n_activated, level) for name, c in tested.items()

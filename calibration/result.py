@@ -46,8 +46,8 @@ class CalibrationResult:
     harm_definition: str = "forced_vision_wrong"  # one of HARM_DEFINITIONS
     grid_size: int = 101  # thresholds tried; Bonferroni splits delta over them
     # Per group (dataset) at the chosen τ: n, n_activated, coverage, risk, bound. When groups are given,
-    # τ had to pass in every group, each tested at level δ / (number of groups) (a union bound), so the
-    # guarantee holds for each group's distribution, not only for the pooled mixture.
+    # τ had to pass in every group (each tested at the method's level: an intersection-union test), so the
+    # guarantee holds for every group's distribution at once, not only for the pooled mixture.
     groups: dict[str, dict[str, float]] = field(default_factory=dict)
     test_level: float = 0.0  # the level each Clopper–Pearson test used
     # fixed_sequence: the highest τ actually tested (thresholds above it were vacuous, see conformal.py)

@@ -159,6 +159,11 @@ class SaverBase(nn.Module):
         """The exported text graph's ``spans`` input for a padded batch."""
         raise NotImplementedError
 
+    def graph_example_spans(self, n_words: int) -> tuple[torch.Tensor, bool]:
+        """An example ``spans`` input for tracing the text graph of a post of ``n_words`` words, and whether
+        the graph has a units axis (MNER: many spans per post; MRE: one pair)."""
+        raise NotImplementedError
+
     def from_graph(
         self,
         units: torch.Tensor,

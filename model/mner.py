@@ -101,6 +101,9 @@ class MnerModel(SaverBase):
         grid, _ = span_grid(word_mask.sum(1), n, self.cfg.max_span_width)
         return grid.unsqueeze(0).expand(word_mask.size(0), -1, -1)
 
+    def graph_example_spans(self, n_words: int) -> tuple[torch.Tensor, bool]:
+        return torch.tensor([[[0, 1], [2, 3], [4, 6], [0, n_words]]]), True
+
     def from_graph(
         self,
         units: torch.Tensor,

@@ -110,6 +110,9 @@ class MreModel(SaverBase):
             raise ValueError("MRE needs head and tail spans")
         return torch.tensor([[h, t] for h, t in pairs], dtype=torch.long)
 
+    def graph_example_spans(self, n_words: int) -> tuple[torch.Tensor, bool]:
+        return torch.tensor([[[0, 1], [2, 3]]]), False
+
     def from_graph(
         self,
         units: torch.Tensor,

@@ -28,7 +28,6 @@ from torch import nn
 from model.artifacts import stored_state
 from model.base import SaverBase
 from model.lora import merge_lora, strip_lora
-from model.mner import MnerModel
 from model.text_encoder import TextEncoder, file_sha256
 from model.vision.backbone import Tier, VisionBackbone
 
@@ -61,7 +60,6 @@ class TextGraph(nn.Module):
         super().__init__()
         self.model = copy.deepcopy(model).eval()
         merge_lora(self.model.encoder.bert)  # plain Linears: no adapter matmuls at serving time
-        self.is_mner = isinstance(self.model, MnerModel)
 
     def forward(
         self,
@@ -109,14 +107,9 @@ def export_text_graph(model: SaverBase, path: Path) -> None:
     graph = TextGraph(model)
     enc = model.encoder.prepare([["Alice", "met", "Bob", "in", "Paris", "today", "with", "the", "team", "."]])
     n = enc.first_subword.size(1)
-    if graph.is_mner:
-        spans = torch.tensor([[[0, 1], [2, 3], [4, 6], [0, n]]])
-        span_axes = {0: "batch", 1: "units"}
-        out_axes = [{0: "batch", 1: "units"}] * 3
-    else:
-        spans = torch.tensor([[[0, 1], [2, 3]]])
-        span_axes = {0: "batch"}
-        out_axes = [{0: "batch"}] * 3
+    spans, unit_axis = model.graph_example_spans(n)  # the task says what its spans input looks like
+    span_axes = {0: "batch", 1: "units"} if unit_axis else {0: "batch"}
+    out_axes = [dict(span_axes)] * 3
     args = (enc.input_ids, enc.attention_mask, enc.first_subword, enc.shapes, spans)
     names = ["input_ids", "attention_mask", "first_subword", "shapes", "spans"]
     axes: dict[str, dict[int, str]] = {

@@ -20,6 +20,7 @@ from model.tokenize import Word
 VisionMode = Literal["auto", "always", "never"]
 Task = Literal["mner", "mre"]
 Pair = tuple[tuple[int, int], tuple[int, int]]  # MRE (head, tail) word spans, end exclusive
+MAX_IMAGES_PER_POST = 8  # images a post may carry: the API's cap, and what evaluation reads of a manifest
 
 
 @dataclass

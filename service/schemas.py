@@ -15,9 +15,11 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from model.pipeline import MAX_IMAGES_PER_POST
+
 MAX_TEXT_CHARS = 4000
 MAX_TOKENS = 1000
-MAX_IMAGE_URLS = 8
+MAX_IMAGE_URLS = MAX_IMAGES_PER_POST  # one cap for serving and evaluation
 MAX_URL_CHARS = 2048
 MAX_VISION_BUDGET_MS = 30_000
 

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from model.pipeline import MAX_IMAGES_PER_POST
 from training.data import (
     ImageStore,
     MnerExample,
@@ -61,7 +62,7 @@ def load_mre(paths: Sequence[str | Path], captions: Sequence[str | Path] = ()) -
 
 
 def load_post_images(
-    examples: Sequence[MnerExample | MreExample], store: ImageStore, max_images: int = 4
+    examples: Sequence[MnerExample | MreExample], store: ImageStore, max_images: int = MAX_IMAGES_PER_POST
 ) -> dict[str, list[object]]:
     """Post id -> the post's images that the store can find (posts with none are left out)."""
     out: dict[str, list[object]] = {}

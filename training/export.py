@@ -89,6 +89,21 @@ def model_card(artifact: Path) -> str:
                     f" {_fmt(g.get('requests_activated'))} | {_fmt(g.get('units_activated'))} |"
                     f" {_fmt(g.get('harm_rate_activated'))} | {_fmt(g.get('auroc_groundability'))} |"
                 )
+        held = metrics.get("dev_held_out") or {}
+        if held:
+            lines += [
+                "",
+                "The same on the calibration and check parts only (posts that no choice of checkpoint or gate read):",
+                "",
+                "| split | vision | P | R | F1 | posts fetching images |",
+                "|---|---|---|---|---|---|",
+            ]
+            for mode in ("never", "auto", "always"):
+                for split, r in held.get(mode, {}).items():
+                    lines.append(
+                        f"| {split} | {mode} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} |"
+                        f" {_fmt(r['gate'].get('requests_activated'))} |"
+                    )
         if metrics.get("dev_note"):
             lines.append(f"\n{metrics['dev_note']}")
         lines.append(f"\nTraining time: {_fmt(dev.get('train_seconds'))} s on 2 CPU cores.")
@@ -165,9 +180,15 @@ def calibration_section(cal: dict[str, Any]) -> list[str]:
         lines.append(f"- Posts: {split.get('rule')} (seed {split.get('seed')}). {parts}.")
     if cal.get("per_dataset"):
         lines.append(
-            "- τ had to be certified on each dataset separately, each at level δ / (number of datasets), so the"
-            " guarantee holds per dataset and not only for their mixture."
+            "- τ had to be certified on each dataset separately (an intersection-union test at the method's"
+            " level), so the guarantee holds for every dataset at once and not only for their mixture."
         )
+    lines.append(
+        "- Harm is judged per unit (a candidate span's or pair's own label after vision), as in the paper;"
+        " the decoder's choice among overlapping spans is not part of it. Clopper–Pearson treats units as"
+        " independent draws, while units of one post share their text and images: the bound is exact for"
+        " posts drawn independently with one unit each, and somewhat optimistic with several."
+    )
     if cal.get("scan_start_tau") is not None:
         lines.append(
             f"- The fixed-sequence scan started at τ = {_fmt(cal['scan_start_tau'])}: thresholds above it activate"

@@ -23,6 +23,7 @@ The choice rule (``CHOICE_RULE``) is fixed in this file; it reads the selection 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -181,9 +182,15 @@ def fit_gate(
             "vision evidence the MNRE training posts do not have here"
         )
     cal = CalibrationSpec(**run.config.get("calibration", {}))
-    cache = out / "gate_data.pt"
-    if cache.is_file() and cache.stat().st_mtime >= (out / "best" / "weights.safetensors").stat().st_mtime:
-        data = GateData(**torch.load(cache, weights_only=True))  # features of this very checkpoint
+    # the features depend on the checkpoint, the model config and the evidence: key the cache on all three
+    checkpoint = out / "best" / "weights.safetensors"
+    key = hashlib.sha256(
+        json.dumps([model.cfg.to_dict(), vars(run.data)], sort_keys=True, default=str).encode()
+        + (checkpoint.read_bytes() if checkpoint.is_file() else b"")
+    ).hexdigest()[:16]
+    cache = out / f"gate_data-{key}.pt"
+    if cache.is_file():
+        data = GateData(**torch.load(cache, weights_only=True))
     else:
         data = collect_mner(model, run.train_set, evidence)
         torch.save(vars(data), cache)
@@ -202,12 +209,10 @@ def fit_gate(
         weights[target] = fit_gate_weights(model, data, target, spec)
         powers = spec.confidence_powers if target == "groundability" else [0.0]
         for power in powers:
-            key = target if power == 0 else f"{target} x confidence^{power:g}"
-            choices[key] = (target, power)
-            model.gate.load_state_dict(weights[target])
-            model.cfg.gate_confidence_power = power
-            candidates[key] = _measure(model, selection, evidence, prior, cal)
-            log.info("gate candidate %s on selection: %s", key, json.dumps(candidates[key]))
+            name = target if power == 0 else f"{target} x confidence^{power:g}"
+            choices[name] = (target, power)
+            candidates[name] = _measure(model, weights[target], power, selection, evidence, prior, cal)
+            log.info("gate candidate %s on selection: %s", name, json.dumps(candidates[name]))
     chosen = choose_target(candidates)
     target, power = choices[chosen]
     model.gate.load_state_dict(weights[target])
@@ -226,6 +231,27 @@ def fit_gate(
 
 
 def _measure(
+    model: MnerModel,
+    gate: dict[str, torch.Tensor],
+    power: float,
+    selection: Mapping[str, Sequence[Any]],
+    evidence: EvidenceTable,
+    prior: dict[str, float],
+    cal: CalibrationSpec,
+) -> dict[str, Any]:
+    """One candidate on the selection part; the model's own gate and config are restored afterwards."""
+    saved_gate = {k: v.clone() for k, v in model.gate.state_dict().items()}
+    saved_power = model.cfg.gate_confidence_power
+    model.gate.load_state_dict(gate)
+    model.cfg.gate_confidence_power = power
+    try:
+        return _measure_loaded(model, selection, evidence, prior, cal)
+    finally:
+        model.gate.load_state_dict(saved_gate)
+        model.cfg.gate_confidence_power = saved_power
+
+
+def _measure_loaded(
     model: MnerModel,
     selection: Mapping[str, Sequence[Any]],
     evidence: EvidenceTable,

@@ -22,6 +22,9 @@ PARTS = ("selection", "calibration", "check")
 class HasId(Protocol):
     id: str
 
+    @property
+    def post_key(self) -> str: ...
+
 
 E = TypeVar("E", bound=HasId)
 
@@ -40,17 +43,21 @@ class SplitSpec:
 
 
 def split_posts(examples: Sequence[E], spec: SplitSpec, name: str) -> dict[str, list[E]]:
-    """One dataset's posts -> {part: posts in file order}; the same inputs always give the same cut."""
-    order = list(range(len(examples)))
-    random.Random(f"{spec.seed}:{name}").shuffle(order)
-    n_sel = round(len(order) * spec.selection)
-    n_cal = round(len(order) * spec.calibration)
+    """One dataset's examples -> {part: examples in file order}, cut by whole posts (an MRE post carries
+    several pairs; they always land in the same part); the same inputs always give the same cut."""
+    posts: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        posts.setdefault(ex.post_key, []).append(i)
+    keys = list(posts)
+    random.Random(f"{spec.seed}:{name}").shuffle(keys)
+    n_sel = round(len(keys) * spec.selection)
+    n_cal = round(len(keys) * spec.calibration)
     cuts = {
-        "selection": order[:n_sel],
-        "calibration": order[n_sel : n_sel + n_cal],
-        "check": order[n_sel + n_cal :],
+        "selection": keys[:n_sel],
+        "calibration": keys[n_sel : n_sel + n_cal],
+        "check": keys[n_sel + n_cal :],
     }
-    return {part: [examples[i] for i in sorted(idx)] for part, idx in cuts.items()}
+    return {part: [examples[i] for i in sorted(i for k in ks for i in posts[k])] for part, ks in cuts.items()}
 
 
 def split_datasets(datasets: dict[str, Sequence[E]], spec: SplitSpec) -> dict[str, dict[str, list[E]]]:
@@ -70,10 +77,11 @@ def describe(splits: Mapping[str, Mapping[str, Sequence[HasId]]], spec: SplitSpe
     for dataset, by_part in splits.items():
         parts[dataset] = {
             name: {
-                "posts": len(posts),
-                "ids_sha256": hashlib.sha256("\n".join(sorted(p.id for p in posts)).encode()).hexdigest(),
+                "posts": len({p.post_key for p in examples}),
+                "examples": len(examples),
+                "ids_sha256": hashlib.sha256("\n".join(sorted(p.id for p in examples)).encode()).hexdigest(),
             }
-            for name, posts in by_part.items()
+            for name, examples in by_part.items()
         }
     return {
         "rule": "per dev file, a seeded shuffle of whole posts, cut into selection / calibration / check "

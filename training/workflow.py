@@ -213,10 +213,19 @@ def finish(
         "best_epoch": best.get("epoch"),
     }
     full = {name: [e for posts in by_part.values() for e in posts] for name, by_part in run.dev.items()}
+    held_out_posts = {n: p["calibration"] + p["check"] for n, p in run.dev.items()}
+    held_out_metrics: dict[str, Any] = {}
     for mode in ("never", "auto", "always"):
         dev_metrics[mode] = {
             name: evaluate(model, posts, evidence, mode, threshold) for name, posts in full.items()
         }
+        # the parts no choice ever read: dev figures free of checkpoint and gate selection
+        held_out_metrics[mode] = {}
+        for name, posts in held_out_posts.items():
+            r = evaluate(model, posts, evidence, mode, threshold)
+            held_out_metrics[mode][name] = {
+                k: r[k] for k in ("precision", "recall", "f1", "n_examples", "gate")
+            }
     auroc: dict[str, Any] = {}
     auroc_held_out: dict[str, Any] = {}
     if isinstance(model, MnerModel) and run.data.groundability:
@@ -225,8 +234,7 @@ def finish(
         prior = type_prior(run.train_set)
         auroc = {name: gate_auroc(model, posts, evidence, prior) for name, posts in full.items()}
         # the same on the parts no choice ever read (calibration and check): the unbiased figure
-        held_out = {n: p["calibration"] + p["check"] for n, p in run.dev.items()}
-        auroc_held_out = {n: gate_auroc(model, posts, evidence, prior) for n, posts in held_out.items()}
+        auroc_held_out = {n: gate_auroc(model, posts, evidence, prior) for n, posts in held_out_posts.items()}
     info = ArtifactInfo(
         name=f"saver-{run.model_cfg.task}",
         version="0.2.0",
@@ -239,6 +247,7 @@ def finish(
             "gate_fit": gate_report,
             "gate_auroc": auroc,
             "gate_auroc_held_out": auroc_held_out,
+            "dev_held_out": held_out_metrics,
             "selection": best,
             "evidence_style": run.data.evidence_style,
             "data": {"train": run.data.train, "dev": run.data.dev, "split": split_record},
@@ -252,6 +261,7 @@ def finish(
         "gate_fit": gate_report,
         "gate_auroc": auroc,
         "gate_auroc_held_out": auroc_held_out,
+        "dev_held_out": held_out_metrics,
     }
     (out / "final_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

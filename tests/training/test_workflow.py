@@ -155,8 +155,9 @@ def test_gate_schedule_warms_up_then_anneals_the_floor() -> None:
 
 
 class _Post:
-    def __init__(self, i: int) -> None:
+    def __init__(self, i: int, post: str | None = None) -> None:
         self.id = f"p{i}"
+        self.post_key = post or self.id
 
 
 def test_dev_split_is_deterministic_disjoint_and_complete() -> None:
@@ -173,3 +174,14 @@ def test_dev_split_is_deterministic_disjoint_and_complete() -> None:
     assert both["d"] == a
     with pytest.raises(ValueError):
         SplitSpec(0.5, 0.5, 0.5)
+
+
+def test_examples_of_one_post_stay_in_one_part() -> None:
+    # MRE: several marked pairs share one image and sentence; no post may straddle two parts
+    pairs = [_Post(i, post=f"img{i // 3}") for i in range(90)]
+    parts = split_posts(pairs, SplitSpec(0.4, 0.3, 0.3, seed=1), "mre")
+    where = {p.post_key: name for name, members in parts.items() for p in members}
+    for name, members in parts.items():
+        assert all(where[p.post_key] == name for p in members)
+    assert sum(len(m) for m in parts.values()) == 90
+    assert [len({p.post_key for p in parts[n]}) for n in ("selection", "calibration", "check")] == [12, 9, 9]

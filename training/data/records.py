@@ -18,6 +18,11 @@ class MnerExample:
     captions: list[str] = field(default_factory=list)  # text about the images (one per captioned image)
     groundable: dict[tuple[int, int], bool] = field(default_factory=dict)  # (start, end) -> has a box
 
+    @property
+    def post_key(self) -> str:
+        """The post this example belongs to (dev splits keep a post's examples together)."""
+        return self.id
+
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.tags):
             raise ValueError(f"{self.id}: {len(self.tokens)} tokens but {len(self.tags)} tags")
@@ -39,6 +44,12 @@ class MreExample:
     relation: str  # relation label; "None" is the negative class in MNRE
     images: list[str] = field(default_factory=list)  # image references: file names, paths or URLs
     captions: list[str] = field(default_factory=list)  # text about the images
+
+    @property
+    def post_key(self) -> str:
+        """The post (image and sentence) this pair belongs to: one post carries several pairs, and dev
+        splits must keep them together."""
+        return "|".join(self.images) + "\x00" + " ".join(self.tokens)
 
     def __post_init__(self) -> None:
         for name, (start, end) in (("head", self.head), ("tail", self.tail)):
