@@ -27,6 +27,8 @@ from model.selector import select_evidence
 from model.set_transformer import SetPooler
 from model.text_encoder import TextEncoder
 
+NEVER = math.inf  # the threshold that never activates vision
+
 
 @dataclass
 class GateSchedule:
@@ -270,6 +272,14 @@ class SaverBase(nn.Module):
             out = out.index_copy(0, torch.tensor(members), self.pooler(tokens))
         return out, chosen
 
+    @staticmethod
+    def has_evidence(text: TextUnits, evidence: list[PostEvidence | None]) -> torch.Tensor:
+        """(A,) bool: units whose post has at least one evidence item."""
+        return torch.tensor(
+            [(ev := evidence[p]) is not None and len(ev) > 0 for p in text.post_of_unit.tolist()],
+            dtype=torch.bool,
+        )
+
     # --- scoring --------------------------------------------------------------------------------------
     def score(
         self,
@@ -285,9 +295,7 @@ class SaverBase(nn.Module):
         bit for bit. ``selected`` (per unit, indices into its post's evidence) skips selection: the service
         selects on the cheap screen tier before it detail-encodes only the chosen images."""
         post = text.post_of_unit.tolist()
-        has_ev = torch.tensor(
-            [(ev := evidence[p]) is not None and len(ev) > 0 for p in post], dtype=torch.bool
-        )
+        has_ev = self.has_evidence(text, evidence)
         gamma = gamma & has_ev
         if selected is not None:
             gamma = gamma & torch.tensor([bool(s) for s in selected], dtype=torch.bool)
@@ -325,11 +333,7 @@ class SaverBase(nn.Module):
         """Decide and score: by the schedule in training, by threshold and mode otherwise."""
         if schedule is None:
             return self.score(text, self.decide(text, threshold, mode), evidence)
-        post = text.post_of_unit.tolist()
-        has_ev = torch.tensor(
-            [(ev := evidence[p]) is not None and len(ev) > 0 for p in post], dtype=torch.bool
-        )
-        gamma, need, soft = self.training_decisions(text, has_ev, schedule)
+        gamma, need, soft = self.training_decisions(text, self.has_evidence(text, evidence), schedule)
         return self.score(text, gamma, evidence, compute=need, soft_gate=soft)
 
     def unit_loss(
@@ -370,6 +374,3 @@ class SaverBase(nn.Module):
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
-
-
-NEVER = math.inf  # the threshold that never activates vision

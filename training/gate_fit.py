@@ -30,17 +30,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from calibration import Method, calibrate_threshold
-from model.base import NEVER, SaverBase
+from model.base import SaverBase
 from model.mner import MnerModel
 from training.batches import batched, mner_batch
-from training.calibrate import CalibrationSpec, unit_harm
+from training.calibrate import CalibrationSpec, calibrate
 from training.data import MnerExample
 from training.evidence import EvidenceTable
 from training.metrics import roc_auc
@@ -154,11 +153,9 @@ def type_prior(posts: Sequence[MnerExample]) -> dict[str, float]:
     return {t: k / n for t, (k, n) in sorted(counts.items())}
 
 
-def gate_auroc(
-    model: MnerModel, posts: Sequence[MnerExample], evidence: EvidenceTable, prior: dict[str, float]
-) -> dict[str, float | None]:
-    """AUROC against groundability on the annotated gold entities: the gate, and the type prior."""
-    units = predict(model, posts, evidence, "never", NEVER).units.arrays()
+def gate_auroc(model: MnerModel, units: dict[str, np.ndarray], prior: dict[str, float]) -> dict[str, Any]:
+    """AUROC against groundability on the annotated gold entities of prediction records (gate scores do not
+    depend on the vision mode): the gate, and the entity-type prior."""
     known = (units["groundable"] >= 0) & (units["gold"] > 0)
     if not known.any():
         return {"gate": None, "type_prior": None, "n": 0}
@@ -258,42 +255,21 @@ def _measure_loaded(
     prior: dict[str, float],
     cal: CalibrationSpec,
 ) -> dict[str, Any]:
-    from training.workflow import evaluate
+    from training.workflow import report
 
-    tau = _selection_tau(model, selection, evidence, cal)
-    report: dict[str, Any] = {"selection_tau": None if math.isinf(tau) else tau, "datasets": {}}
+    # the configured calibration rule run on the selection part: a stand-in τ for comparing candidates
+    record = calibrate(model, selection, evidence, cal)
+    tau = math.inf if record["tau"] is None else float(record["tau"])
+    out: dict[str, Any] = {"selection_tau": record["tau"], "datasets": {}}
     for name, posts in selection.items():
-        auto = evaluate(model, posts, evidence, "auto", tau)
-        report["datasets"][name] = {
-            "auroc": gate_auroc(model, posts, evidence, prior),
+        pred = predict(model, posts, evidence, "auto", tau)
+        auto = report(model, posts, pred, "auto", tau, 0.0)
+        out["datasets"][name] = {
+            "auroc": gate_auroc(model, pred.units.arrays(), prior),
             "auto_f1": auto["f1"],
             "requests_activated": auto["gate"]["requests_activated"],
         }
-    return report
-
-
-def _selection_tau(
-    model: SaverBase, selection: Mapping[str, Sequence[Any]], evidence: EvidenceTable, cal: CalibrationSpec
-) -> float:
-    """The configured calibration rule run on the selection part: a stand-in τ for comparing targets."""
-    scores, harmful, groups = [], [], []
-    for name, posts in selection.items():
-        units = predict(model, posts, evidence, "always", NEVER).units.arrays()
-        units["candidate"] = units["candidate"].astype(bool)
-        mask, harm = unit_harm(units, cal.harm)
-        scores.append(np.asarray(units["gate"], dtype=np.float64)[mask])
-        harmful.append(harm)
-        groups += [name] * int(mask.sum())
-    result = calibrate_threshold(
-        np.concatenate(scores),
-        np.concatenate(harmful),
-        alpha=cal.alpha,
-        delta=cal.delta,
-        method=cast(Method, cal.method),
-        harm_definition=cal.harm,
-        groups=np.asarray(groups) if cal.per_dataset and len(selection) > 1 else None,
-    )
-    return result.tau
+    return out
 
 
 def choose_target(candidates: dict[str, dict[str, Any]]) -> str:

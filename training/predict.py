@@ -43,6 +43,22 @@ class Predictions:
     entities: list[list[tuple[int, int, str, float]]] = field(default_factory=list)  # MNER, per post
     relations: list[tuple[str, float]] = field(default_factory=list)  # MRE, per example
 
+    def subset(self, posts: Sequence[int]) -> Predictions:
+        """The predictions of ``posts`` (indices into the predicted examples), renumbered 0.. in that order,
+        so a part of a dataset is scored without predicting it again."""
+        new = {old: i for i, old in enumerate(posts)}
+        units = UnitRecords()
+        for row in range(len(self.units.post)):
+            if self.units.post[row] in new:
+                for name, column in vars(self.units).items():
+                    getattr(units, name).append(column[row])
+                units.post[-1] = new[self.units.post[row]]
+        return Predictions(
+            units,
+            [self.entities[i] for i in posts] if self.entities else [],
+            [self.relations[i] for i in posts] if self.relations else [],
+        )
+
 
 @torch.no_grad()
 def predict_mner(

@@ -85,11 +85,23 @@ def evaluate(
     pred = predict(model, examples, evidence, mode, threshold)
     if predictions_out is not None:
         write_predictions(predictions_out, examples, pred)
+    return report(model, examples, pred, mode, threshold, watch.seconds)
+
+
+def report(
+    model: SaverBase,
+    examples: Sequence[Example],
+    pred: Predictions,
+    mode: VisionMode,
+    threshold: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """The SPEC §5 report of predictions already made."""
     if isinstance(model, MnerModel):
-        report = evaluate_mner(examples, pred, threshold, model.cfg.max_span_width, watch.seconds)  # type: ignore[arg-type]
+        out = evaluate_mner(examples, pred, threshold, model.cfg.max_span_width, seconds)  # type: ignore[arg-type]
     else:
-        report = evaluate_mre(examples, pred, threshold, watch.seconds)  # type: ignore[arg-type]
-    return {**report, "vision": mode}
+        out = evaluate_mre(examples, pred, threshold, seconds)  # type: ignore[arg-type]
+    return {**out, "vision": mode}
 
 
 def write_predictions(path: Path, examples: Sequence[Example], pred: Predictions) -> None:
@@ -212,29 +224,30 @@ def finish(
         "train_seconds": best.get("train_seconds"),
         "best_epoch": best.get("epoch"),
     }
-    full = {name: [e for posts in by_part.values() for e in posts] for name, by_part in run.dev.items()}
-    held_out_posts = {n: p["calibration"] + p["check"] for n, p in run.dev.items()}
+    full = {n: p["selection"] + p["calibration"] + p["check"] for n, p in run.dev.items()}
+    # the parts no choice ever read (calibration and check): dev figures free of checkpoint and gate
+    # selection, scored from the same predictions as the whole split
+    held_out = {n: range(len(p["selection"]), len(full[n])) for n, p in run.dev.items()}
     held_out_metrics: dict[str, Any] = {}
+    auroc: dict[str, Any] = {}
+    auroc_held_out: dict[str, Any] = {}
     for mode in ("never", "auto", "always"):
-        dev_metrics[mode] = {
-            name: evaluate(model, posts, evidence, mode, threshold) for name, posts in full.items()
-        }
-        # the parts no choice ever read: dev figures free of checkpoint and gate selection
-        held_out_metrics[mode] = {}
-        for name, posts in held_out_posts.items():
-            r = evaluate(model, posts, evidence, mode, threshold)
+        dev_metrics[mode], held_out_metrics[mode] = {}, {}
+        for name, posts in full.items():
+            watch = Stopwatch()
+            pred = predict(model, posts, evidence, mode, threshold)
+            dev_metrics[mode][name] = report(model, posts, pred, mode, threshold, watch.seconds)
+            part = pred.subset(held_out[name])
+            r = report(model, [posts[i] for i in held_out[name]], part, mode, threshold, 0.0)
             held_out_metrics[mode][name] = {
                 k: r[k] for k in ("precision", "recall", "f1", "n_examples", "gate")
             }
-    auroc: dict[str, Any] = {}
-    auroc_held_out: dict[str, Any] = {}
-    if isinstance(model, MnerModel) and run.data.groundability:
-        from training.gate_fit import gate_auroc, type_prior
+            if mode == "never" and isinstance(model, MnerModel) and run.data.groundability:
+                from training.gate_fit import gate_auroc, type_prior
 
-        prior = type_prior(run.train_set)
-        auroc = {name: gate_auroc(model, posts, evidence, prior) for name, posts in full.items()}
-        # the same on the parts no choice ever read (calibration and check): the unbiased figure
-        auroc_held_out = {n: gate_auroc(model, posts, evidence, prior) for n, posts in held_out_posts.items()}
+                prior = type_prior(run.train_set)
+                auroc[name] = gate_auroc(model, pred.units.arrays(), prior)
+                auroc_held_out[name] = gate_auroc(model, part.units.arrays(), prior)
     info = ArtifactInfo(
         name=f"saver-{run.model_cfg.task}",
         version="0.2.0",

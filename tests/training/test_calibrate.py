@@ -119,3 +119,20 @@ def test_evaluate_mre_hand_computed() -> None:
     assert report["gate"]["threshold"] is None
     assert report["gate"]["activation_rate"] == 0.5 and report["gate"]["harm_rate_activated"] == 0.0
     assert report["gate"]["auroc_groundability"] is None
+
+
+def test_predictions_subset_renumbers_posts_and_keeps_their_rows() -> None:
+    records = UnitRecords(
+        post=[0, 0, 1, 2],
+        gold=[1, 0, 2, 3],
+        pred=[1, 1, 2, 0],
+        confidence=[0.9, 0.5, 0.8, 0.7],
+        gate=[0.6, 0.2, 0.9, 0.4],
+        activated=[True, False, True, False],
+        candidate=[True] * 4,
+        groundable=[1, -1, 0, -1],
+    )
+    pred = Predictions(records, entities=[[(0, 1, "PER", 0.9)], [(2, 3, "LOC", 0.8)], []])
+    part = pred.subset([2, 1])
+    assert part.units.post == [1, 0] and part.units.gold == [2, 3] and part.units.gate == [0.9, 0.4]
+    assert part.entities == [[], [(2, 3, "LOC", 0.8)]]
