@@ -27,12 +27,13 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 # The default knowledge index (knowledge/default_index.py): built once into .cache/knowledge/default-<hash16>/
-# from the `knowledge` extra's packages, found there afterwards (about half a second).
+# from the `knowledge` extra's packages, found there afterwards (about half a second). `saver index default`
+# prints the folder; serve hands it to the service unless SAVER_KNOWLEDGE_INDEX is already set.
 index: $(STAMP)
 	$(BIN)/saver index default
 
 serve: $(STAMP) index
-	$(BIN)/saver serve
+	SAVER_KNOWLEDGE_INDEX="$${SAVER_KNOWLEDGE_INDEX:-$$($(BIN)/saver index default 2>/dev/null)}" $(BIN)/saver serve
 
 # Longer runs, kept out of `make test`.
 fuzz: $(STAMP)

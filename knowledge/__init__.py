@@ -13,6 +13,7 @@ from knowledge.errors import (
     IndexMissingError,
     KnowledgeError,
 )
+from knowledge.handle import IndexHandle, IndexStatus
 from knowledge.index import Hit, KnowledgeIndex
 from knowledge.manifest import Bm25Settings, Manifest, SourceInfo
 
@@ -22,7 +23,9 @@ __all__ = [
     "CorpusSourceMissingError",
     "Hit",
     "IndexCorruptError",
+    "IndexHandle",
     "IndexMissingError",
+    "IndexStatus",
     "KnowledgeError",
     "KnowledgeIndex",
     "Manifest",

@@ -4,9 +4,11 @@ import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from knowledge import KnowledgeIndex, build_index
+from knowledge.index import top_k
 from knowledge.tokenize import passage_tokens, query_tokens
 
 from .conftest import WriteCorpus
@@ -55,7 +57,7 @@ def test_query_tokens_are_distinct_and_passages_are_not_camel_split() -> None:
 
 
 def test_ties_go_to_the_earlier_passage(tmp_path: Path, write_corpus: WriteCorpus) -> None:
-    rows = [{"id": f"p{i}", "title": "", "text": "same words here", "source": "s"} for i in range(6)]
+    rows = [{"id": f"p{i}", "title": "", "text": "same words here", "source": "s"} for i in range(60)]
     build_index([write_corpus(rows)], tmp_path / "index")
     index = KnowledgeIndex.load(tmp_path / "index")
     assert _ids(index.search("same words", 3)) == ["p0", "p1", "p2"]
@@ -72,3 +74,12 @@ def test_concurrent_searches_agree_with_sequential_ones(index: KnowledgeIndex) -
     with ThreadPoolExecutor(max_workers=8) as pool:
         got = list(pool.map(lambda q: index.search(q, 3), queries))
     assert got == expected
+
+
+@pytest.mark.parametrize("n", [3, 40, 400])
+@pytest.mark.parametrize("k", [1, 5, 30])
+def test_top_k_is_exact_with_ties(n: int, k: int) -> None:
+    rng = np.random.default_rng(n * 100 + k)
+    scores = rng.choice(np.asarray([0.0, 0.0, 1.0, 2.0, 2.5], dtype=np.float32), size=n)
+    expected = sorted((i for i in range(n) if scores[i] > 0), key=lambda i: (-scores[i], i))[:k]
+    assert top_k(scores, k).tolist() == expected
