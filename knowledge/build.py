@@ -34,7 +34,6 @@ from knowledge.manifest import (
     Manifest,
     SourceInfo,
     SourceRecord,
-    read_manifest,
 )
 from knowledge.tokenize import TOKENIZER, passage_tokens
 from knowledge.version import BUILDER_VERSION
@@ -179,11 +178,3 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
-
-def is_index(folder: str | Path) -> bool:
-    """True when `folder` holds a manifest that parses and checks (files are not hashed)."""
-    try:
-        read_manifest(Path(folder) / MANIFEST)
-    except (KnowledgeError, OSError):
-        return False
-    return True
