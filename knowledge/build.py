@@ -177,4 +177,3 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     os.chmod(out, 0o755)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
