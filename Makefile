@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test serve lint typecheck unit fuzz bench soak clean
+.PHONY: test serve index lint typecheck unit fuzz bench soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,14 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-serve: $(STAMP)
-	$(BIN)/saver serve
+# The default knowledge index (knowledge/default_index.py): built once into .cache/knowledge/default-<hash16>/
+# from the `knowledge` extra's packages, found there afterwards (about half a second). `saver index default`
+# prints the folder; serve hands it to the service unless SAVER_KNOWLEDGE_INDEX is already set.
+index: $(STAMP)
+	$(BIN)/saver index default
+
+serve: $(STAMP) index
+	SAVER_KNOWLEDGE_INDEX="$${SAVER_KNOWLEDGE_INDEX:-$$($(BIN)/saver index default 2>/dev/null)}" $(BIN)/saver serve
 
 # Longer runs, kept out of `make test`.
 fuzz: $(STAMP)

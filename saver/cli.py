@@ -1,4 +1,4 @@
-"""The one console command: ``saver serve | train | calibrate | evaluate | export | bench``.
+"""The one console command: ``saver serve | train | calibrate | evaluate | export | bench | index``.
 
 Subcommands import their package lazily, so ``saver serve`` never imports the training stack.
 """
@@ -23,10 +23,16 @@ def main(argv: list[str] | None = None) -> None:
 
         bench_main(argv[1:])
         return
+    if argv and argv[0] == "index":
+        from knowledge.cli import main as index_main
+
+        index_main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="saver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP service (see `saver serve --help`)")
     sub.add_parser("bench", help="benchmark the service (see `saver bench --help`)")
+    sub.add_parser("index", help="build and query knowledge indexes (see `saver index --help`)")
     from training.cli import add_subcommands
 
     add_subcommands(sub)

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from knowledge.handle import IndexHandle
 from model.pipeline import SaverPipeline
 from service.admission import Admission
 from service.engine import TaskEngine, model_info, shown_threshold
@@ -50,8 +51,12 @@ def create_app(
     httpx_log = logging.getLogger("httpx")
     httpx_log.setLevel(max(httpx_log.getEffectiveLevel(), logging.WARNING))
 
+    knowledge = IndexHandle(settings.knowledge_index)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Hashing and mapping the index run in a worker thread; never fatal (knowledge/handle.py).
+        await knowledge.load_async()
         if settings.torch_threads:
             import torch
 
@@ -105,6 +110,7 @@ def create_app(
                 log.warning("shutdown: %d requests still running after the grace period", admission.admitted)
             executor.shutdown(wait=False, cancel_futures=True)
             await client.aclose()
+            knowledge.close()
             mark_worker_dead(os.getpid())
 
     app = FastAPI(
@@ -115,6 +121,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.knowledge = knowledge
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     app.include_router(router)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
+from knowledge.handle import IndexHandle
 from service.errors import NotReady
 from service.metrics import ServiceMetrics
 from service.predictor import Predictor
@@ -35,8 +36,14 @@ def get_metrics(request: Request) -> ServiceMetrics:
     return metrics
 
 
+def get_knowledge(request: Request) -> IndexHandle:
+    knowledge: IndexHandle = request.app.state.knowledge
+    return knowledge
+
+
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+KnowledgeDep = Annotated[IndexHandle, Depends(get_knowledge)]
 
 
 class Status(BaseModel):
@@ -55,8 +62,20 @@ class ModelCard(BaseModel):
     backbones: dict[str, Any] | None = None
 
 
+class KnowledgeCard(BaseModel):
+    state: Literal["disabled", "loading", "ready", "missing", "corrupt"] = Field(
+        description="ready: the index below is in use; disabled/missing/corrupt: answers are text-only."
+    )
+    path: str | None = None
+    identity: str | None = Field(default=None, description="SHA-256 of the index manifest (its exact bytes).")
+    passages: int | None = None
+    sources: dict[str, dict[str, Any]] = Field(default_factory=dict, description="passages, licence, credit")
+    error: str | None = Field(default=None, description="Why no index is in use.")
+
+
 class ModelsResponse(BaseModel):
     models: list[ModelCard]
+    knowledge: KnowledgeCard
 
 
 @router.post("/mner", responses=_ERRORS, summary="Multimodal named entity recognition")
@@ -88,5 +107,8 @@ async def metrics(service_metrics: MetricsDep) -> Response:
 
 
 @router.get("/v1/models", summary="Loaded models: labels, calibration, backbones, versions")
-async def models(predictor: PredictorDep) -> ModelsResponse:
-    return ModelsResponse(models=[ModelCard(**card) for card in predictor.model_cards()])
+async def models(predictor: PredictorDep, knowledge: KnowledgeDep) -> ModelsResponse:
+    return ModelsResponse(
+        models=[ModelCard(**card) for card in predictor.model_cards()],
+        knowledge=KnowledgeCard(**knowledge.status.card()),
+    )

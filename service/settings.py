@@ -151,3 +151,13 @@ class Settings(BaseSettings):
             "Required for correct metrics with several workers; a temporary one is made when unset."
         ),
     )
+
+    # knowledge (issue 11; the index is loaded and reported, not yet read by the models)
+    knowledge_index: Path | None = Field(
+        default=None,
+        description=(
+            "Knowledge index folder (`saver index build`, or `saver index default` for the default one; "
+            "`make serve` passes the latter). None: knowledge off. A missing or corrupt index leaves the "
+            "service up, answering text-only; /v1/models says which index is in use, or why none is."
+        ),
+    )

@@ -1,5 +1,5 @@
-"""SPEC §1's import rules, checked on the source: model/ and calibration/ never import service/, training/ or
-fastapi; service/ never imports training/."""
+"""SPEC §1's import rules, checked on the source: model/, calibration/ and knowledge/ never import service/,
+training/ or fastapi; service/ never imports training/."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "model": {"service", "training", "fastapi"},
     "calibration": {"service", "training", "fastapi"},
+    "knowledge": {"service", "training", "fastapi"},
     "service": {"training"},
     "training": {"service"},
 }
