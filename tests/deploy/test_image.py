@@ -230,7 +230,7 @@ def test_mner_with_a_real_jpeg_from_the_image_server(served: Served, images: Ima
     answer = r.json()
     record(
         mner_photo="real photo" if images.uses_real_images else "generated JPEG",
-        mner_entities=[(e["text"], e["label"]) for e in answer["entities"]],
+        mner_entities=[(e["text"], e["type"]) for e in answer["entities"]],
         mner_vision={k: answer["vision"][k] for k in ("units_activated", "images_fetched", "fallback")},
         mner_timings_ms=answer["timings_ms"],
     )
