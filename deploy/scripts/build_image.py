@@ -155,11 +155,14 @@ def base_image(engine: str, default: str) -> str:
     """The default base when present or pullable, else the local debootstrap one (made once)."""
     if has_image(engine, default):
         return default
-    pulled = subprocess.run(
-        [engine, "pull", "--quiet", default], capture_output=True, check=False, timeout=300
-    )
-    if pulled.returncode == 0:
-        return default
+    try:
+        pulled = subprocess.run(
+            [engine, "pull", "--quiet", default], capture_output=True, check=False, timeout=300
+        )
+        if pulled.returncode == 0:
+            return default
+    except subprocess.TimeoutExpired:
+        pass  # a registry that does not answer is one that cannot be pulled from
     print(f"cannot pull {default}: using a local bookworm base", file=sys.stderr)
     done = subprocess.run(["bash", str(LOCAL_BASE)], stdout=subprocess.PIPE, text=True, check=True)
     return done.stdout.strip().splitlines()[-1]
