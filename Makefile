@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test serve index lint typecheck unit fuzz bench soak clean
+.PHONY: test serve index lint typecheck unit fuzz bench soak clean image image-test
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,17 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --duration 600 --out runs/soak
+
+# The CPU image, tagged saver:cpu, with docker, podman or buildah (deploy/scripts/build_image.py).
+image: $(STAMP)
+	$(BIN)/python deploy/scripts/build_image.py
+
+# Build it from a clean clone of HEAD and serve it for real (tests/deploy/test_image.py; minutes).
+image-test: $(STAMP)
+	bash deploy/scripts/ensure_image_tools.sh
+	bash deploy/scripts/ensure_prometheus.sh
+	$(BIN)/pytest -m image tests/deploy/test_image.py -p no:cacheprovider
+	@cat runs/image-test/report.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

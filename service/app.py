@@ -8,7 +8,7 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
@@ -26,6 +26,9 @@ from service.routes import router
 from service.settings import Settings
 from service.vision import Fetcher, FetchResult
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
 log = logging.getLogger(__name__)
 
 
@@ -42,11 +45,21 @@ def create_app(
     settings: Settings | None = None,
     pipelines: Mapping[str, SaverPipeline] | None = None,
     fetcher: Fetcher | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """Build the service. ``pipelines`` (by task) replaces loading from the artifacts directories;
-    ``fetcher`` replaces the SSRF-safe image fetcher (tests only)."""
+    ``fetcher`` replaces the SSRF-safe image fetcher (tests only); ``tracer_provider`` replaces the
+    OTLP-exporting one when ``settings.tracing`` is on."""
     settings = settings or Settings()
     metrics = ServiceMetrics()
+    own_provider = settings.tracing and tracer_provider is None
+    if settings.tracing:
+        # Imported here, not at the top: with tracing off the SDK must never load.
+        from service import tracing
+
+        tracer_provider = tracer_provider or tracing.make_tracer_provider()
+    tracer = tracer_provider.get_tracer("saver.service") if settings.tracing and tracer_provider else None
+    trace_urls = settings.log_level.upper() == "DEBUG"  # URLs in spans only where the logs show them
     # httpx logs every request line, user image URLs (which may carry tokens) included, at INFO.
     httpx_log = logging.getLogger("httpx")
     httpx_log.setLevel(max(httpx_log.getEffectiveLevel(), logging.WARNING))
@@ -89,6 +102,8 @@ def create_app(
                 metrics,
                 settings.vision_budget_ms,
                 settings.screen_cache_size,
+                tracer,
+                trace_urls,
             )
             for task, pipeline in loaded.items()
         }
@@ -111,6 +126,8 @@ def create_app(
             executor.shutdown(wait=False, cancel_futures=True)
             await client.aclose()
             knowledge.close()
+            if own_provider and tracer_provider is not None:
+                tracing.shutdown(tracer_provider)  # flush the spans still queued
             mark_worker_dead(os.getpid())
 
     app = FastAPI(
@@ -124,6 +141,8 @@ def create_app(
     app.state.knowledge = knowledge
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    if tracer is not None:  # outermost: the server span covers everything the request costs
+        app.add_middleware(tracing.TracingMiddleware, tracer=tracer)
     app.include_router(router)
     return app
 

@@ -1,7 +1,8 @@
 """One task's request path (SPEC §6): text first, gate, and vision only when some unit asks for it.
 
-Every CPU-bound stage runs in the shared bounded executor, never on the event loop, and is timed for
-both the response (``timings_ms``) and ``saver_stage_duration_seconds``.
+Every CPU-bound stage runs in the shared bounded executor, never on the event loop, and is timed by the
+request's ``StageClock`` for the response (``timings_ms``), ``saver_stage_duration_seconds`` and, when
+tracing is on, one span per stage.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import contextvars
 import functools
 import logging
 import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -36,7 +36,11 @@ from service.batching import TextBatcher
 from service.cache import ScreenCache
 from service.metrics import ServiceMetrics
 from service.schemas import ModelInfo, Options
-from service.vision import NO_IMAGES, Fetcher, VisionOutcome, VisionPath
+from service.stageclock import StageClock
+from service.vision import NO_IMAGES, Fetcher, FetchResult, VisionOutcome, VisionPath
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +78,35 @@ def shown_threshold(pipeline: SaverPipeline) -> float | None:
     return None if math.isinf(pipeline.threshold) else float(pipeline.threshold)
 
 
+def gate_attributes(pipeline: SaverPipeline, mode: VisionMode, wanted: np.ndarray) -> dict[str, Any]:
+    """The gate's decision as span attributes (JSON has no infinity, neither do they)."""
+    attributes: dict[str, Any] = {
+        "saver.gate.mode": mode,
+        "saver.gate.units": len(wanted),
+        "saver.gate.units_activated": int(wanted.sum()),
+    }
+    threshold = shown_threshold(pipeline)
+    if threshold is not None:
+        attributes["saver.gate.tau"] = threshold
+    return attributes
+
+
+def outcome_attributes(inf: Inference) -> dict[str, Any]:
+    """What became of the request's images, as attributes of its server span."""
+    v = inf.vision
+    attributes: dict[str, Any] = {
+        "saver.images.requested": inf.images_requested,
+        "saver.images.fetched": 0 if v is None else v.fetched,
+        "saver.images.failed": 0 if v is None else v.failed,
+        "saver.images.cache_hits": 0 if v is None else v.cache_hits,
+        "saver.images.selected": 0 if v is None else len(v.details),
+        "saver.units_with_images": 0 if v is None else int(v.activated.sum()),
+    }
+    if inf.fallback is not None:
+        attributes["saver.fallback"] = inf.fallback
+    return attributes
+
+
 class TaskEngine:
     def __init__(
         self,
@@ -84,8 +117,12 @@ class TaskEngine:
         metrics: ServiceMetrics,
         default_budget_ms: int,
         cache_entries: int,
+        tracer: Tracer | None = None,
+        trace_urls: bool = False,
     ) -> None:
         self.task = task
+        self.tracer = tracer  # None: tracing off
+        self.trace_urls = trace_urls  # image URLs in spans (DEBUG only)
         self.pipeline = pipeline
         self.executor = executor
         self.metrics = metrics
@@ -117,30 +154,31 @@ class TaskEngine:
         head: tuple[int, int] | None = None,
         tail: tuple[int, int] | None = None,
     ) -> Inference:
-        timings = dict.fromkeys(STAGES, 0.0)
+        clock = StageClock(STAGES, self.tracer, self.trace_urls)
 
         async def stage(name: str, fn: Callable[..., T], *args: Any) -> T:
-            started = time.perf_counter()
+            started = clock.now()
             try:
                 return await self._offload(fn, *args)
             finally:
-                timings[name] += time.perf_counter() - started
+                clock.add(name, started, clock.now())
 
-        def add_fetch_time(seconds: float) -> None:
-            timings["fetch"] += seconds
+        def add_fetch(started: float, urls: list[str], results: Sequence[FetchResult]) -> None:
+            clock.add_fetch(started, clock.now(), urls, results)
 
         mode: VisionMode = options.vision
         if self.batcher is None:
             text_result = await stage("text_encode", self.pipeline.encode_text, text, tokens, head, tail)
         else:  # the batch wait counts as text_encode time: it is what the request paid
-            started = time.perf_counter()
+            started = clock.now()
             text_result = await self.batcher.encode(TextRequest(text, tokens, head, tail))
-            timings["text_encode"] += time.perf_counter() - started
+            clock.add("text_encode", started, clock.now())
         # The gate decision is a comparison over the U scores already computed with the text: run it
         # inline, since a hop through the executor would cost more than the work under load.
-        started = time.perf_counter()
+        started = clock.now()
         wanted = np.asarray(self.pipeline.activation(text_result, mode), dtype=bool)
-        timings["gate"] += time.perf_counter() - started
+        gate = gate_attributes(self.pipeline, mode, wanted) if self.tracer is not None else None
+        clock.add("gate", started, clock.now(), gate)
 
         outcome: VisionOutcome | None = None
         fallback: str | None = None
@@ -155,13 +193,15 @@ class TaskEngine:
         else:
             budget_ms = options.vision_budget_ms
             budget_s = (self.default_budget_ms if budget_ms is None else budget_ms) / 1000.0
-            outcome = await self.vision.run(text_result, wanted, urls, budget_s, stage, add_fetch_time)
+            outcome = await self.vision.run(text_result, wanted, urls, budget_s, stage, add_fetch)
             activated, selected = outcome.activated, outcome.selected
             details, screened, fallback = outcome.details, outcome.screened, outcome.fallback
 
         result = await stage("fuse", self.pipeline.fuse, text_result, activated, selected, details, screened)
-        inference = Inference(text_result, wanted, result, outcome, fallback, len(urls), timings, mode)
+        inference = Inference(text_result, wanted, result, outcome, fallback, len(urls), clock.timings, mode)
         self._record(inference)
+        if self.tracer is not None:
+            clock.annotate(outcome_attributes(inference))
         return inference
 
     def _record(self, inf: Inference) -> None:

@@ -143,6 +143,15 @@ class Settings(BaseSettings):
         default=8, ge=1, le=64, description="Most requests whose text is encoded in one batched forward."
     )
 
+    # traces
+    tracing: bool = Field(
+        default=False,
+        description=(
+            "Export OpenTelemetry traces over OTLP/HTTP: one span per request, one per stage. Endpoint "
+            "and service name from the standard OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME."
+        ),
+    )
+
     # metrics
     metrics_multiproc_dir: Path | None = Field(
         default=None,

@@ -39,6 +39,8 @@ class FetchResult(Protocol):
 Fetcher = Callable[[list[str], float], Awaitable[Sequence[FetchResult]]]
 # (stage name, blocking function, *args) -> its result, computed off the event loop and timed
 StageRunner = Callable[..., Awaitable[Any]]
+# (perf_counter start of one fetch round, its URLs, their results): times the round for the stage clock
+FetchTimer = Callable[[float, list[str], Sequence[FetchResult]], None]
 
 
 @dataclass
@@ -74,7 +76,7 @@ class VisionPath:
         urls: list[str],
         budget_s: float,
         stage: StageRunner,
-        fetch_timer: Callable[[float], None],
+        fetch_timer: FetchTimer,
     ) -> VisionOutcome:
         deadline = time.monotonic() + budget_s
         first_index: dict[str, int] = {}
@@ -132,7 +134,7 @@ class VisionPath:
         images: dict[str, Image.Image],
         errors: dict[str, str],
         out: VisionOutcome,
-        fetch_timer: Callable[[float], None],
+        fetch_timer: FetchTimer,
     ) -> None:
         if not urls:
             return
@@ -144,7 +146,7 @@ class VisionPath:
             return
         started = time.perf_counter()
         results = await self.fetcher(urls, deadline)
-        fetch_timer(time.perf_counter() - started)
+        fetch_timer(started, urls, results)
         for url, res in zip(urls, results, strict=True):
             if res.image is not None:
                 images[url] = res.image

@@ -5,6 +5,11 @@ variables, unit and description, and so that the queries live in one readable ta
 edit (``python deploy/grafana/build_dashboard.py``); tests/deploy checks that the committed file is
 up to date, that every query parses, and that it returns data from a real service.
 
+The panels are built with Grafana's grafana-foundation-sdk (typed builders and enums generated from
+Grafana's schema, checked by mypy; its grid layout replaces a hand-written one). It is pinned with ``==``
+to a release of its `next` line, whose schemaVersion 41 is Grafana 12.1's. Two of its defaults are
+overridden here: legends are hidden and rows get id 0.
+
 Queries use Grafana's ``$job``, ``$endpoint`` and ``$__rate_interval``. Latency quantiles are always
 ``histogram_quantile`` over ``sum by (le, ...)`` of bucket rates: quantiles of the pooled distribution,
 never sums or averages of per-pod quantiles.
@@ -18,8 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grafana_foundation_sdk.builders import common, dashboard, prometheus, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_model
+from grafana_foundation_sdk.models import dashboard as dashboard_model
+from grafana_foundation_sdk.models import prometheus as prometheus_model
+from grafana_foundation_sdk.models.common import DataSourceRef
+
 OUTPUT = Path(__file__).resolve().parent / "dashboards" / "saver-overview.json"
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = 'job=~"$job", endpoint=~"$endpoint"'  # label matchers every per-endpoint query starts with
 RI = "$__rate_interval"
 
@@ -222,119 +234,96 @@ ROWS: list[tuple[str, list[Panel]]] = [
 ]
 
 
-def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
-    defaults: dict[str, Any] = {
-        "unit": panel.unit,
-        "min": 0 if not panel.thresholds or min(panel.thresholds) >= 0 else None,
-    }
-    if panel.max_value is not None:
-        defaults["max"] = panel.max_value
-    defaults = {k: v for k, v in defaults.items() if v is not None}
-    if panel.thresholds:
-        defaults["custom"] = {"thresholdsStyle": {"mode": "dashed"}}
-        steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
-        steps += [{"color": "red", "value": t} for t in panel.thresholds]
-        defaults["thresholds"] = {"mode": "absolute", "steps": steps}
-    targets = [
-        {
-            "datasource": DATASOURCE,
-            "refId": chr(ord("A") + i),
-            "expr": expr,
-            "legendFormat": legend or "__auto",
-            **({"format": "table", "instant": True, "range": False} if panel.kind == "table" else {}),
-        }
-        for i, (expr, legend) in enumerate(panel.targets)
-    ]
-    options: dict[str, Any] = (
-        {"showHeader": True}
-        if panel.kind == "table"
-        else {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}}
+def _timeseries(panel: Panel) -> timeseries.Panel:
+    builder = (
+        timeseries.Panel()
+        .legend(
+            common.VizLegendOptions()
+            .show_legend(True)  # the SDK's default legend is hidden
+            .display_mode(common_model.LegendDisplayMode.LIST)
+            .placement(common_model.LegendPlacement.BOTTOM)
+        )
+        .tooltip(common.VizTooltipOptions().mode(common_model.TooltipDisplayMode.MULTI))
     )
-    return {
-        "id": panel_id,
-        "type": panel.kind,
-        "title": panel.title,
-        "description": panel.description,
-        "datasource": DATASOURCE,
-        "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": defaults, "overrides": []},
-        "options": options,
-        "targets": targets,
-    }
+    if not panel.thresholds or min(panel.thresholds) >= 0:
+        builder.min(0)
+    if panel.max_value is not None:
+        builder.max(panel.max_value)
+    if panel.thresholds:
+        steps = [dashboard_model.Threshold(color="green", value=None)]
+        steps += [dashboard_model.Threshold(color="red", value=t) for t in panel.thresholds]
+        builder.thresholds_style(
+            common.GraphThresholdsStyleConfig().mode(common_model.GraphThresholdsStyleMode.DASHED)
+        )
+        builder.thresholds(
+            dashboard.ThresholdsConfig().mode(dashboard_model.ThresholdsMode.ABSOLUTE).steps(steps)
+        )
+    return builder
 
 
-def _variable(name: str, label: str, query: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "label": label,
-        "type": "query",
-        "datasource": DATASOURCE,
-        "query": {"query": query, "refId": f"{name}-values"},
-        "definition": query,
-        "refresh": 2,
-        "includeAll": True,
-        "allValue": ".+",
-        "multi": True,
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "sort": 1,
-    }
+def _panel(panel: Panel, panel_id: int) -> timeseries.Panel | table.Panel:
+    builder: timeseries.Panel | table.Panel = (
+        table.Panel().show_header(True) if panel.kind == "table" else _timeseries(panel)
+    )
+    for i, (expr, legend) in enumerate(panel.targets):
+        query = prometheus.Dataquery().datasource(DATASOURCE).ref_id(chr(ord("A") + i)).expr(expr)
+        query.legend_format(legend or "__auto")
+        if panel.kind == "table":
+            query.format(prometheus_model.PromQueryFormat.TABLE).instant()  # range off too
+        builder.with_target(query)
+    return (
+        builder.id(panel_id)
+        .title(panel.title)
+        .description(panel.description)
+        .datasource(DATASOURCE)
+        .unit(panel.unit)
+        .height(8)
+        .span(panel.width)
+    )
+
+
+def _variable(name: str, label: str, query: str) -> dashboard.QueryVariable:
+    return (
+        dashboard.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query(query)
+        .refresh(dashboard_model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .include_all(True)
+        .all_value(".+")
+        .multi(True)
+        .current(dashboard_model.VariableOption(selected=True, text=["All"], value=["$__all"]))
+        .sort(dashboard_model.VariableSort.ALPHABETICAL_ASC)
+    )
 
 
 def build_dashboard() -> dict[str, Any]:
-    panels: list[dict[str, Any]] = []
-    y = 0
+    builder = (
+        dashboard.Dashboard("SAVER service")
+        .uid("saver-overview")
+        .description("Selective vision evidence: gate activation vs calibration, latency, traffic, images.")
+        .tags(["saver", "inference"])
+        .timezone("browser")
+        .readonly()
+        .tooltip(dashboard_model.DashboardCursorSync.CROSSHAIR)
+        .refresh("30s")
+        .version(1)
+        .time("now-1h", "now")
+        .with_variable(dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+        .with_variable(_variable("job", "Job", "label_values(saver_requests_total, job)"))
+        .with_variable(
+            _variable("endpoint", "Endpoint", 'label_values(saver_requests_total{job=~"$job"}, endpoint)')
+        )
+    )
     next_id = 1
     for row_title, row_panels in ROWS:
-        panels.append(
-            {
-                "id": next_id,
-                "type": "row",
-                "title": row_title,
-                "collapsed": False,
-                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
-                "panels": [],
-            }
-        )
+        builder.with_row(dashboard.Row(row_title).id(next_id))  # the SDK gives every row id 0
         next_id += 1
-        y += 1
-        x = 0
         for panel in row_panels:
-            if x + panel.width > 24:
-                x, y = 0, y + 8
-            panels.append(_panel_json(panel, next_id, x, y))
+            builder.with_panel(_panel(panel, next_id))
             next_id += 1
-            x += panel.width
-        y += 8
-    templating = [
-        {
-            "name": "datasource",
-            "label": "Data source",
-            "type": "datasource",
-            "query": "prometheus",
-            "current": {},
-            "refresh": 1,
-            "hide": 0,
-        },
-        _variable("job", "Job", "label_values(saver_requests_total, job)"),
-        _variable("endpoint", "Endpoint", 'label_values(saver_requests_total{job=~"$job"}, endpoint)'),
-    ]
-    return {
-        "uid": "saver-overview",
-        "title": "SAVER service",
-        "description": "Selective vision evidence: gate activation vs calibration, latency, traffic, images.",
-        "tags": ["saver", "inference"],
-        "timezone": "browser",
-        "editable": False,
-        "graphTooltip": 1,
-        "refresh": "30s",
-        "schemaVersion": 39,
-        "version": 1,
-        "time": {"from": "now-1h", "to": "now"},
-        "templating": {"list": templating},
-        "annotations": {"list": []},
-        "links": [],
-        "panels": panels,
-    }
+    built: dict[str, Any] = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
+    return built
 
 
 def render() -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, venv_tool
+from tests.deploy import imagerun
+from tests.deploy.conftest import DEPLOY, load_script, venv_tool
 from tests.tooling import missing_tool
 
 COMPOSE = DEPLOY / "compose.yaml"
@@ -72,3 +74,70 @@ def test_prometheus_config_is_valid_and_scrapes_the_service(promtool: str, tmp_p
     done = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout + done.stderr
+
+
+# The image test runs the compose `saver` service through tests/deploy/imagerun.py: these keep the two
+# from drifting apart without building anything.
+
+
+def dockerfile_config() -> imagerun.ImageConfig:
+    return imagerun.dockerfile_image_config(DEPLOY / "Dockerfile")
+
+
+def test_every_key_of_the_saver_service_is_run_or_named_unenforceable() -> None:
+    service = compose()["services"]["saver"]
+    run = imagerun.service_run(service, dockerfile_config(), environ={})
+    assert run.command == ["saver", "serve"]
+    assert run.user == "10001:10001"
+    assert run.environment["SAVER_TRACING"] == "false"  # ${SAVER_TRACING:-false} with nothing set
+    assert run.read_only and run.tmpfs == ["/tmp"]
+    assert run.start_period_s == 120.0
+
+
+def test_a_compose_key_the_image_test_does_not_run_fails() -> None:
+    service = {**compose()["services"]["saver"], "entrypoint": ["sh"]}
+    with pytest.raises(ValueError, match="entrypoint"):
+        imagerun.service_run(service, dockerfile_config(), environ={})
+
+
+def test_compose_environment_and_command_are_what_the_image_test_runs() -> None:
+    service = compose()["services"]["saver"]
+    changed = {
+        **service,
+        "environment": {**service["environment"], "SAVER_WORKERS": "3"},
+        "command": "saver serve --x",
+    }
+    run = imagerun.service_run(changed, dockerfile_config(), environ={})
+    assert "SAVER_WORKERS=3" in run.serve("c")
+    assert run.serve("c")[-3:] == ["saver", "serve", "--x"]
+
+
+def test_published_port_must_be_the_port_the_service_listens_on() -> None:
+    service = {**compose()["services"]["saver"], "ports": ["8000:9000"]}
+    with pytest.raises(ValueError, match="9000"):
+        imagerun.service_run(service, dockerfile_config(), environ={})
+
+
+def test_compose_health_check_is_the_dockerfile_healthcheck() -> None:
+    test = compose()["services"]["saver"]["healthcheck"]["test"]
+    assert imagerun.healthcheck_command(test) == dockerfile_config().healthcheck
+
+
+def test_compose_image_is_what_make_image_builds() -> None:
+    build_image = load_script("scripts/build_image.py")
+    service = compose()["services"]["saver"]
+    assert service["image"] == build_image.TAG
+    assert (
+        DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]
+    ).resolve() == build_image.DOCKERFILE
+
+
+def test_tracing_profile_mounts_the_collector_config() -> None:
+    collector = compose()["services"]["otel-collector"]
+    assert collector["profiles"] == ["tracing"]
+    config = yaml.safe_load((DEPLOY / "otel/collector.yaml").read_text())
+    assert "otlp" in config["service"]["pipelines"]["traces"]["receivers"]
+    endpoint = compose()["services"]["saver"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert endpoint.endswith(
+        ":" + config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].rpartition(":")[2]
+    )

@@ -128,3 +128,14 @@ def test_a_broken_query_is_caught(dashboard_tools: ModuleType, promtool: str, tm
     rules = [{"record": "dashboard:broken:a", "expr": "sum by (endpoint (rate(saver_requests_total[1m]))"}]
     path.write_text(yaml.safe_dump({"groups": [{"name": "d", "rules": rules}]}))
     assert subprocess.run([promtool, "check", "rules", str(path)], capture_output=True).returncode != 0
+
+
+def test_the_sdk_defaults_are_overridden_legends_shown_and_ids_unique(dashboard_tools: ModuleType) -> None:
+    # grafana-foundation-sdk hides legends and gives every row id 0 unless told otherwise.
+    dashboard = dashboard_tools.load_dashboard()
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(set(ids)) == len(ids) and 0 not in ids
+    for panel in dashboard_tools.data_panels(dashboard):
+        if panel["type"] == "timeseries":
+            assert panel["options"]["legend"]["showLegend"] is True, panel["title"]
+    assert dashboard["schemaVersion"] == 41  # Grafana 12.1's, as in deploy/compose.yaml

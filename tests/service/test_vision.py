@@ -53,7 +53,7 @@ def _run(path: VisionPath, urls: list[str], budget_s: float = 1.0) -> Any:
     pipe = path.pipeline
     result = pipe.encode_text(text="Paris Hilton")
     activated = pipe.activation(result, "auto")
-    return asyncio.run(path.run(result, activated, urls, budget_s, _stage, lambda s: None))
+    return asyncio.run(path.run(result, activated, urls, budget_s, _stage, lambda *_: None))
 
 
 def test_zero_budget_opens_no_connection() -> None:
