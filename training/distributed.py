@@ -171,7 +171,7 @@ def needs_scaler(precision: Precision) -> bool:
 def no_sync(module: torch.nn.Module, skip: bool) -> Iterator[None]:
     """DDP's ``no_sync`` for accumulation micro-steps, a no-op for a plain module."""
     if skip and hasattr(module, "no_sync"):
-        with module.no_sync():
+        with module.no_sync():  # type: ignore[operator]
             yield
     else:
         yield

@@ -125,9 +125,8 @@ def image_evidence(
         keys = [(post_id, tier) for post_id in found for tier in ("screen", "detail")]
         texts: list[str] = []
         for post_id, tier in keys:
-            logits = torch.stack(
-                [f.screen_tags if tier == "screen" else f.detail_tags for f in found[post_id]]
-            )  # type: ignore[misc]
+            tier_tags = [f.screen_tags if tier == "screen" else f.detail_tags for f in found[post_id]]
+            logits = torch.stack([t for t in tier_tags if t is not None])
             texts += [evidence_text(t) for t in backbone.tags(logits, tags_k)]
         flat = _embed_all(encoder, texts)
         pos = 0
