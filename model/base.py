@@ -212,7 +212,7 @@ class SaverBase(nn.Module):
         cap = self.cfg.train_vision_units
         if cap and int(need.sum()) > cap:
             rows = need.nonzero(as_tuple=True)[0]
-            keep = rows[torch.randperm(rows.numel())[:cap]]
+            keep = rows[torch.randperm(rows.numel(), device=rows.device)[:cap]]
             need = torch.zeros_like(need).index_fill_(0, keep, True)
         if schedule.forced:
             return need, need, None
@@ -225,8 +225,8 @@ class SaverBase(nn.Module):
         m, k = items.size(0), self.cfg.select_k
         if m <= k:  # F is monotone: with room for every item, greedy takes them all
             return [list(range(m))] * queries.size(0)
-        q = queries.detach().float().numpy()
-        it = items.detach().float().numpy()
+        q = queries.detach().float().cpu().numpy()
+        it = items.detach().float().cpu().numpy()
         return [
             select_evidence(
                 q[a], it, k, self.cfg.selector, self.cfg.lambda_relevance, self.cfg.lambda_coverage
@@ -269,7 +269,9 @@ class SaverBase(nn.Module):
             ev = evidence[p]
             assert ev is not None
             tokens = self.evidence.tokens(ev, list(key), queries[members], self.cfg.top_regions)  # (n, T, d)
-            out = out.index_copy(0, torch.tensor(members), self.pooler(tokens))
+            out = out.index_copy(
+                0, torch.tensor(members, device=out.device), self.pooler(tokens).to(out.dtype)
+            )
         return out, chosen
 
     @staticmethod
@@ -278,6 +280,7 @@ class SaverBase(nn.Module):
         return torch.tensor(
             [(ev := evidence[p]) is not None and len(ev) > 0 for p in text.post_of_unit.tolist()],
             dtype=torch.bool,
+            device=text.units.device,
         )
 
     # --- scoring --------------------------------------------------------------------------------------
@@ -298,7 +301,7 @@ class SaverBase(nn.Module):
         has_ev = self.has_evidence(text, evidence)
         gamma = gamma & has_ev
         if selected is not None:
-            gamma = gamma & torch.tensor([bool(s) for s in selected], dtype=torch.bool)
+            gamma = gamma & torch.tensor([bool(s) for s in selected], dtype=torch.bool, device=gamma.device)
         need = gamma if compute is None else (compute & has_ev) | gamma
         logits = text.text_logits
         chosen_out: list[list[int]] = [[] for _ in range(len(text))]
@@ -307,7 +310,7 @@ class SaverBase(nn.Module):
         if rows.numel():
             picks = None if selected is None else [selected[int(r)] for r in rows]
             e, chosen = self.pool_evidence(text.units[rows], [post[int(r)] for r in rows], evidence, picks)
-            forced = self.head(text.units[rows], e, torch.ones(rows.numel()))
+            forced = self.head(text.units[rows], e, torch.ones(rows.numel(), device=rows.device))
             on = gamma[rows]
             if soft_gate is None:
                 mixed = torch.where(on.unsqueeze(-1), forced.logits, text.text_logits[rows])
@@ -345,7 +348,7 @@ class SaverBase(nn.Module):
     ) -> torch.Tensor:
         """Task CE (mixed and text-only paths) + gate BCE + activation budget + consistency + balance."""
         cfg = self.cfg
-        weight = torch.ones(cfg.n_classes)
+        weight = torch.ones(cfg.n_classes, device=labels.device)
         weight[0] = cfg.none_weight
         loss = F.cross_entropy(scores.logits, labels, weight=weight) + F.cross_entropy(
             scores.text_logits, labels, weight=weight

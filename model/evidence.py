@@ -87,6 +87,6 @@ class EvidenceEncoder(nn.Module):
         k, r, d = regions.shape
         scores = F.normalize(queries, dim=-1) @ F.normalize(regions.reshape(k * r, d), dim=-1).t()  # (n, k*R)
         top = scores.view(-1, k, r).topk(min(top_regions, r), dim=-1).indices  # (n, k, R')
-        flat = (top + torch.arange(k).view(1, k, 1) * r).flatten(1)  # (n, k*R')
+        flat = (top + torch.arange(k, device=top.device).view(1, k, 1) * r).flatten(1)  # (n, k*R')
         picked = regions.reshape(k * r, d)[flat]  # (n, k*R', d)
         return torch.cat([tokens, picked], dim=1)

@@ -43,7 +43,9 @@ class SparseExpertRouter(nn.Module):
         for e, expert in enumerate(self.experts):
             rows, slot = (top_i == e).nonzero(as_tuple=True)
             if rows.numel():
-                out = out.index_add(0, rows, weights[rows, slot].unsqueeze(-1) * expert(x[rows]))
+                # under autocast the expert's output is bf16/fp16 while ``out`` keeps x's dtype
+                contribution = weights[rows, slot].unsqueeze(-1) * expert(x[rows])
+                out = out.index_add(0, rows, contribution.to(out.dtype))
         n_experts = len(self.experts)
         dispatch = (
             F.one_hot(top_i[:, 0], n_experts).float().mean(0) if x.size(0) else probs.new_zeros(n_experts)
@@ -96,7 +98,7 @@ class EnergyHead(nn.Module):
         top_p, top_i = probs.topk(router.top_k, dim=-1)  # (..., k)
         weights = top_p / top_p.sum(-1, keepdim=True)
         n_experts = len(router.experts)
-        one_hot = (top_i.unsqueeze(-1) == torch.arange(n_experts)).to(x.dtype)  # (..., k, E)
+        one_hot = (top_i.unsqueeze(-1) == torch.arange(n_experts, device=x.device)).to(x.dtype)  # (..., k, E)
         mix = (one_hot * weights.unsqueeze(-1)).sum(-2)  # (..., E)
         experts = torch.stack([expert(x) for expert in router.experts], dim=-2)  # (..., E, C)
         return self.text(units) + (mix.unsqueeze(-1) * experts).sum(-2)

@@ -120,9 +120,12 @@ class TorchPipeline:
         return self.model.decide(result.state, self.threshold, mode).numpy()
 
     # --- vision stages ----------------------------------------------------------------------------
-    def _evidence_texts(self, tag_logits: torch.Tensor | None) -> tuple[list[list[str]], torch.Tensor | None]:
+    def _evidence_texts(
+        self, tag_logits: torch.Tensor | None, n_images: int
+    ) -> tuple[list[list[str]], torch.Tensor | None]:
+        # one (maybe empty) tag list per image, also for towers without tags (CLIP, SigLIP)
         if tag_logits is None or "text" not in self.model.cfg.evidence_channels:
-            return [[] for _ in range(0 if tag_logits is None else len(tag_logits))], None
+            return [[] for _ in range(n_images)], None
         tags = self.backbone.tags(tag_logits, self.model.cfg.evidence_tags_k)
         return tags, self._embed_evidence([evidence_text(t) for t in tags])
 
@@ -133,7 +136,7 @@ class TorchPipeline:
     @torch.inference_mode()
     def screen(self, images: list[Image.Image]) -> list[ScreenedImage]:
         out = self.backbone.screen(images)
-        tags, text = self._evidence_texts(out.tag_logits)
+        tags, text = self._evidence_texts(out.tag_logits, len(images))
         items = self.model.evidence.items(PostEvidence(text=text, image=out.global_vectors))
         return [
             ScreenedImage(
@@ -162,7 +165,7 @@ class TorchPipeline:
     @torch.inference_mode()
     def detail(self, images: list[Image.Image]) -> list[DetailedImage]:
         out = self.backbone.detail(images)
-        _, text = self._evidence_texts(out.tag_logits)
+        _, text = self._evidence_texts(out.tag_logits, len(images))
         return [
             DetailedImage(
                 {

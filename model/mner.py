@@ -169,7 +169,7 @@ class MnerModel(SaverBase):
     @staticmethod
     def decode(spans: torch.Tensor, probs: torch.Tensor) -> list[DecodedSpan]:
         """One post's units -> its best non-overlapping entities (``unit`` indexes the given rows)."""
-        return decode_spans(spans.numpy(), probs.detach().numpy())
+        return decode_spans(spans.cpu().numpy(), probs.detach().float().cpu().numpy())
 
     def result(
         self, post: TextResult, probs: torch.Tensor, activated: np.ndarray, used: list[list[int]]
@@ -210,4 +210,4 @@ class MnerModel(SaverBase):
             if label and targets.groundable is not None:
                 flag = targets.groundable[p].get((s, e))
                 groundable[a] = -1.0 if flag is None else float(flag)
-        return labels, groundable
+        return labels.to(spans.device), groundable.to(spans.device)

@@ -54,11 +54,11 @@ class MreModel(SaverBase):
         """One unit per pair: its vector, pair gate and text-only relation scores."""
         vectors, mask = self.encoder.encode_words(words)
         spans = torch.tensor(
-            [[h, t] for h, t in zip(heads, tails, strict=True)], dtype=torch.long
+            [[h, t] for h, t in zip(heads, tails, strict=True)], dtype=torch.long, device=vectors.device
         )  # (B, 2, 2)
         pair, ent_logits, gate, text, features = self._pairs(vectors, mask, spans, dense=False)
         gate_logit = torch.logit(gate.clamp(1e-6, 1 - 1e-6))
-        post = torch.arange(len(words))
+        post = torch.arange(len(words), device=vectors.device)
         return TextUnits(
             pair,
             gate_logit,
@@ -150,7 +150,9 @@ class MreModel(SaverBase):
         if targets is None:
             return output, None
         index = {r: i for i, r in enumerate(self.cfg.labels)}
-        labels = torch.tensor([index[r] for r in targets.relations], dtype=torch.long)
+        labels = torch.tensor(
+            [index[r] for r in targets.relations], dtype=torch.long, device=text.units.device
+        )
         return output, self.unit_loss(scores, text.gate_logit, labels, None)
 
     def result(

@@ -13,8 +13,8 @@ def enumerate_spans(n_words: int, max_width: int) -> list[tuple[int, int]]:
 
 def span_grid(lengths: torch.Tensor, n_words: int, max_width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed slots ``i * W + (w - 1)`` for every start i and width w; returns (spans (U, 2), valid (B, U))."""
-    starts = torch.arange(n_words).repeat_interleave(max_width)  # (U,)
-    widths = torch.arange(1, max_width + 1).repeat(n_words)  # (U,)
+    starts = torch.arange(n_words, device=lengths.device).repeat_interleave(max_width)  # (U,)
+    widths = torch.arange(1, max_width + 1, device=lengths.device).repeat(n_words)  # (U,)
     spans = torch.stack([starts, starts + widths], dim=-1)  # (U, 2)
     valid = spans[:, 1].unsqueeze(0) <= lengths.unsqueeze(1)  # (B, U)
     return spans, valid

@@ -121,7 +121,11 @@ class TextEncoder(nn.Module):
 
     def encode_words(self, batch_words: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.prepare(batch_words)
-        return self(enc.input_ids, enc.attention_mask, enc.first_subword, enc.shapes), enc.word_mask
+        dev = self.shape_embedding.weight.device  # the tokenizer's tensors are on the CPU
+        ids, att, first, shapes = (
+            t.to(dev) for t in (enc.input_ids, enc.attention_mask, enc.first_subword, enc.shapes)
+        )
+        return self(ids, att, first, shapes), enc.word_mask.to(dev)
 
     @torch.no_grad()
     def embed_evidence(self, texts: list[str]) -> torch.Tensor:
@@ -131,6 +135,7 @@ class TextEncoder(nn.Module):
         if not texts:
             return torch.zeros(0, self.bert.config.hidden_size)
         enc = self.tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+        enc = enc.to(self.shape_embedding.weight.device)
         with adapters_disabled(self.bert):
             hidden = self.bert(**enc).last_hidden_state  # (T, S, H)
         m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)

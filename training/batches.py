@@ -36,3 +36,22 @@ def batched(items: Sequence, size: int, shuffle: bool, seed: int = 0) -> Iterato
         random.Random(seed).shuffle(chunks)
     for chunk in chunks:
         yield [items[i] for i in chunk]
+
+
+def rank_batches(  # type: ignore[type-arg]
+    items: Sequence, size: int, shuffle: bool, seed: int, rank: int, world_size: int
+) -> Iterator[list]:
+    """This rank's share of each global batch of ``batched``: every rank forms the same length-bucketed
+    batches of ``size`` posts and takes every ``world_size``-th post of each, so ``size`` is the global
+    batch whatever the number of processes. (torch's DistributedSampler shards the posts before batching
+    and would lose the length bucketing.) A batch with fewer posts than ranks is dropped: every rank must
+    take part in every step."""
+    for chunk in batched(items, size, shuffle, seed):
+        if len(chunk) >= world_size:
+            yield chunk[rank::world_size]
+
+
+def n_rank_batches(n_items: int, size: int, world_size: int) -> int:
+    """How many batches ``rank_batches`` yields per epoch (the same on every rank)."""
+    full, rest = divmod(n_items, size)
+    return full + (1 if rest >= world_size else 0)

@@ -12,11 +12,23 @@ log = logging.getLogger(__name__)
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("train", help="train a model from a config (training/configs/*.json)")
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--out", type=Path, help="run folder")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", type=int, help="cap steps per epoch (smoke runs)")
+    p.add_argument("--max-steps", type=int, help="cap optimizer steps per epoch (smoke runs)")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: this rank's GPU if any)"
+    )
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast dtype (fp16 needs CUDA)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its checkpoint")
+    p.add_argument(
+        "--stop-after", type=int, default=0, metavar="STEPS", help="checkpoint and stop after STEPS"
+    )
+    p.add_argument(
+        "--nproc", type=int, default=0, help="run under `torchrun --standalone --nproc_per_node NPROC` (DDP)"
+    )
     p.add_argument(
         "--reuse-checkpoint",
         action="store_true",
@@ -72,16 +84,57 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=cmd_export)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from training.workflow import train
+_OVERRIDES = {"epochs": "epochs", "max_steps": "max_steps", "seed": "seed", "precision": "precision",
+              "grad_accum": "grad_accum"}  # fmt: skip
 
-    overrides = {
-        k: v
-        for k, v in {"epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed}.items()
-        if v is not None
-    }
-    metrics = train(args.config, args.out, overrides, reuse_checkpoint=args.reuse_checkpoint)
-    print(json.dumps(metrics, indent=2))
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.workflow import Launch, train
+
+    overrides = {key: v for attr, key in _OVERRIDES.items() if (v := getattr(args, attr)) is not None}
+    if args.resume is not None:
+        if args.config or overrides or (args.out and args.out != args.resume):
+            raise SystemExit("--resume RUN_DIR continues RUN_DIR's own config: drop --config/--out/overrides")
+        args.out = args.resume
+    elif args.config is None or args.out is None:
+        raise SystemExit("saver train needs --config and --out (or --resume RUN_DIR)")
+    if args.nproc:
+        _run_under_torchrun(args)
+        return
+    launch = Launch(device=args.device, resume=args.resume is not None, stop_after=args.stop_after)
+    metrics = train(args.config, args.out, overrides, reuse_checkpoint=args.reuse_checkpoint, launch=launch)
+    if metrics:  # ranks other than 0 return nothing
+        print(json.dumps(metrics, indent=2))
+
+
+def _run_under_torchrun(args: argparse.Namespace) -> None:
+    """``saver train --nproc N ...`` = ``torchrun --standalone --nproc_per_node N -m saver train ...``."""
+    import os
+    import subprocess
+    import sys
+
+    if "WORLD_SIZE" in os.environ:
+        raise SystemExit("--nproc inside torchrun: launch with one or the other")
+    argv = ["train", "--out", str(args.out), "--device", args.device, "--stop-after", str(args.stop_after)]
+    if args.resume is not None:
+        argv += ["--resume", str(args.resume)]
+    else:
+        argv += ["--config", str(args.config)]
+    for attr in _OVERRIDES:
+        if (value := getattr(args, attr)) is not None:
+            argv += [f"--{attr.replace('_', '-')}", str(value)]
+    if args.reuse_checkpoint:
+        argv.append("--reuse-checkpoint")
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+    ]
+    code = subprocess.call([*torchrun, "-m", "saver", *argv])
+    if code:
+        raise SystemExit(code)
 
 
 def _data_spec(args: argparse.Namespace, captions: list[str]):  # type: ignore[no-untyped-def]

@@ -61,13 +61,13 @@ def load_mre(paths: Sequence[str | Path], captions: Sequence[str | Path] = ()) -
     return examples
 
 
-def load_post_images(
+def post_image_files(
     examples: Sequence[MnerExample | MreExample], store: ImageStore, max_images: int = MAX_IMAGES_PER_POST
-) -> dict[str, list[object]]:
-    """Post id -> the post's images that the store can find (posts with none are left out)."""
-    out: dict[str, list[object]] = {}
+) -> dict[str, list[Path]]:
+    """Post id -> the post's image files that the store can find (posts with none are left out)."""
+    out: dict[str, list[Path]] = {}
     for ex in examples:
-        images: list[object] = [img for ref in ex.images[:max_images] if (img := store.load(ref)) is not None]
-        if images:
-            out[ex.id] = images
+        files = [path for ref in ex.images[:max_images] if (path := store.get(ref)) is not None]
+        if files:
+            out[ex.id] = files
     return out

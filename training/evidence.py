@@ -21,6 +21,7 @@ from model.evidence import PostEvidence
 from model.inference import evidence_text
 from model.text_encoder import TextEncoder
 from model.vision.efficientnet import imagenet_class_names
+from training.feature_cache import FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ def _embed_all(encoder: TextEncoder, texts: Sequence[str], batch: int = 256) -> 
     parts = [encoder.embed_evidence(list(texts[i : i + batch])) for i in range(0, len(texts), batch)]
     vectors = torch.cat(parts) if parts else torch.zeros(0, encoder.bert.config.hidden_size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(vectors, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # torchrun's ranks may write it at once
+    torch.save(vectors, tmp)
+    os.replace(tmp, path)
     return vectors
 
 
@@ -61,6 +64,7 @@ class EvidenceTable:
     ) -> None:
         self.style = style
         self.n_image_posts = 0  # posts whose evidence came from real images (see ``update``)
+        self.vision: dict[str, object] | None = None  # the backbone those images went through
         self.texts: dict[str, list[str]] = {}
         if style == "none":
             self.table: dict[str, PostEvidence] = {}
@@ -83,6 +87,14 @@ class EvidenceTable:
     def get(self, post_id: str) -> PostEvidence | None:
         return self.table.get(post_id)
 
+    def to(self, device: torch.device) -> EvidenceTable:
+        """Move every post's tensors (to the training device, and back to the CPU for calibration)."""
+        for post_id, ev in self.table.items():
+            self.table[post_id] = PostEvidence(
+                **{k: None if v is None else v.to(device) for k, v in vars(ev).items()}
+            )
+        return self
+
     def update(self, evidence: dict[str, PostEvidence]) -> None:
         """Add evidence from real images (takes precedence over captions for those posts)."""
         self.table.update(evidence)
@@ -91,34 +103,44 @@ class EvidenceTable:
 
 def image_evidence(
     encoder: TextEncoder,
-    backbone: object,
-    posts: dict[str, list[object]],
+    cache: FeatureCache,
+    posts: dict[str, list[Path]],
     tags_k: int,
 ) -> dict[str, PostEvidence]:
     """Real images -> evidence exactly as the service builds it: the screen tier (global vector and tags)
     for every image, which the selector reads, and the detail tier (global, regions, tags), which the
-    Set Transformer reads. ``posts`` maps a post id to its PIL images; the backbone is frozen, so this
-    runs once per dataset."""
-    from model.vision.backbone import VisionBackbone
-
-    assert isinstance(backbone, VisionBackbone)
-
-    def tag_text(tag_logits: torch.Tensor | None) -> torch.Tensor | None:
-        if tag_logits is None:
-            return None
-        return encoder.embed_evidence([evidence_text(t) for t in backbone.tags(tag_logits, tags_k)])
-
-    out: dict[str, PostEvidence] = {}
-    for post_id, images in posts.items():
-        if not images:
-            continue
-        screen = backbone.screen(images)  # type: ignore[arg-type]
-        det = backbone.detail(images)  # type: ignore[arg-type]
-        out[post_id] = PostEvidence(
-            text=tag_text(det.tag_logits),
-            image=det.global_vectors,
-            regions=det.regions,
-            screen_text=tag_text(screen.tag_logits),
-            screen_image=screen.global_vectors,
+    Set Transformer reads. ``posts`` maps a post id to its image files; their features come from the
+    feature cache (encoded once per image and backbone), the tags' text from the base encoder in one
+    cached pass."""
+    backbone = cache.backbone
+    paths = list(dict.fromkeys(p for images in posts.values() for p in images))
+    features = dict(zip(paths, cache.features(paths), strict=True))
+    found = {
+        post_id: [f for p in images if (f := features[p]) is not None] for post_id, images in posts.items()
+    }
+    found = {post_id: fs for post_id, fs in found.items() if fs}
+    has_tags = backbone.tag_vocabulary is not None
+    vectors: dict[tuple[str, str], torch.Tensor] = {}
+    if has_tags:
+        keys = [(post_id, tier) for post_id in found for tier in ("screen", "detail")]
+        texts: list[str] = []
+        for post_id, tier in keys:
+            tier_tags = [f.screen_tags if tier == "screen" else f.detail_tags for f in found[post_id]]
+            logits = torch.stack([t for t in tier_tags if t is not None])
+            texts += [evidence_text(t) for t in backbone.tags(logits, tags_k)]
+        flat = _embed_all(encoder, texts)
+        pos = 0
+        for post_id, tier in keys:
+            n = len(found[post_id])
+            vectors[(post_id, tier)] = flat[pos : pos + n]
+            pos += n
+    return {
+        post_id: PostEvidence(
+            text=vectors.get((post_id, "detail")),
+            image=torch.stack([f.detail for f in fs]),
+            regions=torch.stack([f.regions for f in fs]),
+            screen_text=vectors.get((post_id, "screen")),
+            screen_image=torch.stack([f.screen for f in fs]),
         )
-    return out
+        for post_id, fs in found.items()
+    }

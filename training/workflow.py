@@ -15,18 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from model.artifacts import ArtifactInfo, build_model, load_artifacts, save_artifacts
 from model.base import NEVER, SaverBase
 from model.config import SaverConfig
 from model.gate import VisionMode
 from model.mner import MnerModel
 from model.vision import build_backbone
-from training.batches import batched, mner_batch, mre_batch
+from training import distributed as D
+from training.batches import mner_batch, mre_batch, n_rank_batches, rank_batches
 from training.calibrate import CalibrationSpec, calibrate, check_harm
 from training.data import ImageStore, MnerExample, MreExample, read_rel2id
-from training.datasets import load_mner, load_mre, load_post_images
+from training.datasets import load_mner, load_mre, post_image_files
 from training.evaluate import Stopwatch, evaluate_mner, evaluate_mre
 from training.evidence import EvidenceTable, image_evidence
+from training.feature_cache import FeatureCache
 from training.predict import Predictions, predict
 from training.splits import SplitSpec, describe, part, split_datasets
 from training.trainer import TrainConfig, Trainer
@@ -52,7 +56,11 @@ def load_examples(task: str, paths: Sequence[str], spec: DataSpec) -> list[Any]:
     return load_mre(paths, spec.captions)
 
 
-def build_evidence(model: SaverBase, examples: Sequence[Example], spec: DataSpec) -> EvidenceTable:
+def build_evidence(
+    model: SaverBase, examples: Sequence[Example], spec: DataSpec, dist: D.Dist | None = None
+) -> EvidenceTable:
+    """Caption (or pseudo-tag) evidence, replaced by real-image evidence for the posts whose images exist.
+    Under torchrun each rank first encodes its share of the uncached images."""
     table = EvidenceTable(
         model.encoder,
         {e.id: list(e.captions) for e in examples},
@@ -60,14 +68,16 @@ def build_evidence(model: SaverBase, examples: Sequence[Example], spec: DataSpec
         model.cfg.evidence_tags_k,
     )
     if spec.images:
-        posts = load_post_images(examples, ImageStore(root=Path(spec.images)))
+        posts = post_image_files(examples, ImageStore(root=Path(spec.images)))
         if posts:
-            table.update(
-                image_evidence(
-                    model.encoder, build_backbone(model.cfg.vision_backbone), posts, model.cfg.evidence_tags_k
-                )
-            )
-            log.info("real-image evidence for %d posts", len(posts))
+            cache = FeatureCache(build_backbone(model.cfg.vision_backbone))
+            if dist is not None and dist.active:
+                files = sorted({str(p) for files in posts.values() for p in files})
+                cache.fill([Path(f) for f in files[dist.rank :: dist.world_size]])
+                D.barrier(dist)
+            table.update(image_evidence(model.encoder, cache, posts, model.cfg.evidence_tags_k))
+            table.vision = {"spec": model.cfg.vision_backbone, **cache.backbone.identity()}
+            log.info("real-image evidence for %d posts (%d images encoded)", len(posts), cache.encoded)
     return table
 
 
@@ -134,10 +144,17 @@ class Run:
         return part(self.dev, name)
 
 
-def prepare(config_path: Path, overrides: dict[str, Any]) -> Run:
+RUN_CONFIG = "run_config.json"  # the resolved training config, which ``--resume RUN_DIR`` reads
+
+
+def resolve_config(config_path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     config = json.loads(config_path.read_text())
+    return {**config, "train": {**config.get("train", {}), **overrides}}
+
+
+def prepare(config: dict[str, Any]) -> Run:
     model_cfg = SaverConfig.from_dict(config["model"])
-    train_cfg = TrainConfig(**{**config.get("train", {}), **overrides})
+    train_cfg = TrainConfig(**config.get("train", {}))
     data = DataSpec(**config["data"])
     split = SplitSpec(**data.split)
     if model_cfg.task == "mre" and "labels" not in config["model"]:
@@ -145,6 +162,11 @@ def prepare(config_path: Path, overrides: dict[str, Any]) -> Run:
         if rel2id.is_file():
             model_cfg.labels = read_rel2id(rel2id)
     train_set = load_examples(model_cfg.task, data.train, data)
+    images = ImageStore(root=Path(data.images)) if data.images else None
+    if images and "image" not in model_cfg.evidence_channels and post_image_files(train_set, images):
+        # the manifest's images exist: the image-feature channel trains on them (and is on when served)
+        model_cfg.evidence_channels = ("image", *model_cfg.evidence_channels)
+        log.info("training images found under %s: the image channel is on", data.images)
     dev = split_datasets({dataset_name(p): load_examples(model_cfg.task, [p], data) for p in data.dev}, split)
     return Run(config, model_cfg, train_cfg, data, split, train_set, dev)
 
@@ -158,17 +180,31 @@ def selection_score(model: SaverBase, run: Run, evidence: EvidenceTable) -> dict
     return {"f1": (never["f1"] + always["f1"]) / 2, "f1_never": never["f1"], "f1_always": always["f1"]}
 
 
-def fit(run: Run, out: Path) -> tuple[SaverBase, EvidenceTable, dict[str, Any]]:
-    """Train the model; the checkpoint with the best selection score is kept in ``out/best``."""
+@dataclass
+class Launch:
+    """Where and how a run executes; none of it changes what is learnt (unlike ``TrainConfig``)."""
+
+    device: str = "auto"
+    resume: bool = False
+    stop_after: int = 0  # >0: checkpoint and stop after this many optimizer steps (time-limited jobs)
+
+
+def fit(
+    run: Run, out: Path, dist: D.Dist, launch: Launch
+) -> tuple[SaverBase, EvidenceTable, dict[str, Any]] | None:
+    """Train the model; the checkpoint with the best selection score is kept in ``out/best``. None when
+    ``launch.stop_after`` stopped the run, and on every rank but 0 (which alone goes on to calibrate)."""
+    cfg = run.train_cfg
+    D.seed_everything(cfg.seed, 0)  # the same initial weights in every process and every rerun
     model = build_model(run.model_cfg)
     dev_posts = [e for by_part in run.dev.values() for posts in by_part.values() for e in posts]
-    evidence = build_evidence(model, run.train_set + dev_posts, run.data)
+    evidence = build_evidence(model, run.train_set + dev_posts, run.data, dist).to(dist.device)
     make = mner_batch if run.model_cfg.task == "mner" else mre_batch
-    cfg = run.train_cfg
-    steps = (len(run.train_set) + cfg.batch_size - 1) // cfg.batch_size
+    steps = n_rank_batches(len(run.train_set), cfg.batch_size, dist.world_size)
 
     def batches(epoch: int) -> Any:
-        for chunk in batched(run.train_set, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch):
+        seed = cfg.seed + epoch
+        for chunk in rank_batches(run.train_set, cfg.batch_size, True, seed, dist.rank, dist.world_size):
             yield make(chunk, evidence)  # type: ignore[arg-type]
 
     best_dir = out / "best"
@@ -178,22 +214,51 @@ def fit(run: Run, out: Path) -> tuple[SaverBase, EvidenceTable, dict[str, Any]]:
         save_artifacts(model, best_dir, info)
 
     trainer = Trainer(
-        model, cfg, out, batches, steps, lambda: selection_score(model, run, evidence), save_best
+        model, cfg, out, batches, steps, lambda: selection_score(model, run, evidence), save_best, dist
     )
-    best = trainer.fit()
+    best = trainer.fit(resume=launch.resume, stop_after=launch.stop_after)
+    D.teardown(dist)
+    if best is None or not dist.main:
+        return None
+    # calibration and the final evaluation run on the CPU, as the service does
+    model.to("cpu")
+    evidence.to(torch.device("cpu"))
     model, _ = load_artifacts(best_dir, model.encoder)
     return model, evidence, best
 
 
 def train(
-    config_path: Path, out: Path, overrides: dict[str, Any], reuse_checkpoint: bool = False
+    config: Path | dict[str, Any] | None,
+    out: Path,
+    overrides: dict[str, Any] | None = None,
+    reuse_checkpoint: bool = False,
+    launch: Launch | None = None,
 ) -> dict[str, Any]:
     """The whole workflow; ``reuse_checkpoint`` skips training and finishes from ``out/best`` (to refit the
-    gate or recalibrate a trained run: its splits are rebuilt from the same config and seed)."""
-    run = prepare(config_path, overrides)
+    gate or recalibrate a trained run: its splits are rebuilt from the same config and seed). With
+    ``launch.resume`` the config is the run folder's own. Returns ``{}`` on ranks other than 0 and
+    ``{"stopped_after": N}`` when ``launch.stop_after`` stopped training."""
+    launch = launch or Launch()
+    if launch.resume:
+        resolved = json.loads((out / RUN_CONFIG).read_text())
+    else:
+        if config is None:
+            raise ValueError("a config is needed unless resuming")
+        resolved = config if isinstance(config, dict) else resolve_config(config, overrides or {})
+    dist = D.setup(launch.device)
+    if dist.main and not launch.resume and not reuse_checkpoint:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_CONFIG).write_text(json.dumps(resolved, indent=2) + "\n")
+    run = prepare(resolved)
     if not reuse_checkpoint:
-        model, evidence, best = fit(run, out)
+        trained = fit(run, out, dist, launch)
+        if trained is None:
+            return {"stopped_after": launch.stop_after} if dist.main else {}
+        model, evidence, best = trained
         return finish(run, model, evidence, out, best)
+    D.teardown(dist)
+    if not dist.main:
+        return {}
     model, info = load_artifacts(out / "best")
     dev_posts = [e for by_part in run.dev.values() for posts in by_part.values() for e in posts]
     evidence = build_evidence(model, run.train_set + dev_posts, run.data)
@@ -252,7 +317,7 @@ def finish(
         name=f"saver-{run.model_cfg.task}",
         version="0.2.0",
         trained=True,
-        backbones={"vision": {"spec": run.model_cfg.vision_backbone}},
+        backbones={"vision": evidence.vision or {"spec": run.model_cfg.vision_backbone}},
         calibration=calibration,
         metrics={
             "dev": dev_metrics,
@@ -263,6 +328,7 @@ def finish(
             "dev_held_out": held_out_metrics,
             "selection": best,
             "evidence_style": run.data.evidence_style,
+            "image_evidence": {"posts": evidence.n_image_posts, "images": run.data.images},
             "data": {"train": run.data.train, "dev": run.data.dev, "split": split_record},
         },
     )
