@@ -154,6 +154,8 @@ def record_flame(pid: int, path: Path, seconds: float, load: Callable[[], Any]) 
     while time.perf_counter() < end and proc.poll() is None:
         load()
     output = proc.communicate(timeout=60)[0].decode(errors="replace")
+    if path.exists():  # the SVG's title is the command line: no local paths or pids in a committed file
+        path.write_text(path.read_text().replace(f"{spy} record --pid {pid}", "py-spy record --pid PID"))
     return {"command": " ".join(cmd), "exit": proc.returncode, "bytes": path.stat().st_size if path.exists() else 0,
             "log": output[-500:]}  # fmt: skip
 

@@ -26,15 +26,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.cdn import CdnConfig, CdnServer
+from bench.soak_report import Tally, cache_entries, markdown, summarise
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,6 @@ class Probe:
     path: str
     body: bytes
     ok: Callable[[int, dict[str, Any]], bool]  # (status, JSON body) -> whether the answer is right
-
-
-@dataclass
-class Tally:
-    statuses: Counter[str] = field(default_factory=Counter)
-    outcomes: Counter[str] = field(default_factory=Counter)  # fallback reasons and error codes
-    unexpected: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    examples: list[str] = field(default_factory=list)  # a few unexpected answers, for the report
 
 
 def _json(data: Any) -> bytes:
@@ -228,7 +220,9 @@ class ServerProcess:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
         self.base = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, **env, "SAVER_WORKERS": str(workers)}
+        # glibc's per-thread malloc arenas (executor, decode and ONNX Runtime threads) fragment and keep
+        # growing RSS under mixed image sizes; two arenas is what the image sets too (deploy/Dockerfile).
+        full_env = {"MALLOC_ARENA_MAX": "2", **os.environ, **env, "SAVER_WORKERS": str(workers)}
         full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.log_path = log_path
         with log_path.open("wb") as out:
@@ -347,76 +341,6 @@ async def run_load(base: str, mix: list[tuple[float, Callable[[random.Random], P
         await asyncio.gather(*(worker(i) for i in range(concurrency)), bursts(), sampler())
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-
-def summarise(tallies: dict[str, Tally], meta: dict[str, Any]) -> dict[str, Any]:
-    kinds: dict[str, dict[str, Any]] = {
-        kind: {
-            "requests": sum(t.statuses.values()),
-            "statuses": dict(t.statuses),
-            "outcomes": dict(t.outcomes),
-            "unexpected": t.unexpected,
-            "p50_ms": _percentile(t.latencies_ms, 0.5),
-            "p99_ms": _percentile(t.latencies_ms, 0.99),
-            "examples": t.examples,
-        }
-        for kind, t in sorted(tallies.items())
-    }
-    total = sum(k["requests"] for k in kinds.values())
-    errors_5xx = sum(n for t in tallies.values() for s, n in t.statuses.items() if s.startswith("5"))
-    transport = sum(n for t in tallies.values() for s, n in t.statuses.items() if s.startswith("transport"))
-    return {**meta, "requests": total, "http_5xx": errors_5xx, "transport_errors": transport,
-            "unexpected": sum(t.unexpected for t in tallies.values()), "kinds": kinds}  # fmt: skip
-
-
-def _cache_entries(metrics_text: str) -> dict[str, float]:
-    """``saver_screen_cache_entries`` per endpoint from the exposition text."""
-    out: dict[str, float] = {}
-    for line in metrics_text.splitlines():
-        if line.startswith("saver_screen_cache_entries{"):
-            labels, _, value = line.rpartition(" ")
-            endpoint = labels.split('endpoint="', 1)[1].split('"', 1)[0]
-            out[endpoint] = float(value)
-    return out
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    start, end = summary["resources"]["start"], summary["resources"]["end"]
-    mib = 1024 * 1024
-    lines = [
-        f"# Soak run: {summary['duration_s']:g} s, {summary['model']} model, concurrency {summary['concurrency']}",
-        "",
-        f"- requests: {summary['requests']} ({summary['requests'] / summary['duration_s']:.1f}/s); "
-        f"5xx: {summary['http_5xx']}; transport errors: {summary['transport_errors']}; "
-        f"unexpected answers: {summary['unexpected']}",
-        f"- server RSS: {start['rss_bytes'] / mib:.1f} MiB at start, {end['rss_bytes'] / mib:.1f} MiB at end "
-        f"(peak sampled {summary['resources']['peak_rss_bytes'] / mib:.1f} MiB)",
-        f"- open file descriptors: {start['open_fds']} at start, {end['open_fds']} at end",
-        "- RSS samples (MiB, every 10 s): "
-        + " ".join(f"{s['rss_bytes'] / mib:.0f}" for s in summary["resources"]["samples"]),
-        f"- canary hits (private-address requests that reached the listener): {summary['canary_hits']}",
-        f"- RSS growth after warm-up: {summary['rss_growth']:+.1%}; screen cache entries at the end: "
-        f"{summary['screen_cache']['entries']} (cap {summary['screen_cache']['cap']}); CDN images served: "
-        f"{summary['cdn']['requests']}",
-        "- checks: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}" for k, v in summary["checks"].items()),
-        f"- ready after the load: {summary['ready_after']}; exit on SIGTERM: {summary['exit_code']}",
-        "",
-        "| kind | requests | statuses | outcomes | unexpected | p50 ms | p99 ms |",
-        "|---|---:|---|---|---:|---:|---:|",
-    ]
-    for kind, k in summary["kinds"].items():
-        statuses = ", ".join(f"{s}: {n}" for s, n in sorted(k["statuses"].items()))
-        outcomes = ", ".join(f"{o}: {n}" for o, n in sorted(k["outcomes"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"| {kind} | {k['requests']} | {statuses} | {outcomes} | {k['unexpected']} | "
-                     f"{k['p50_ms']} | {k['p99_ms']} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
     p.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
@@ -470,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             samples.append(end)
             ready_after = httpx.get(server.base + "/readyz", timeout=5).status_code == 200
             alive = server.proc.poll() is None
-            cache_entries = _cache_entries(httpx.get(server.base + "/metrics", timeout=5).text)
+            cached = cache_entries(httpx.get(server.base + "/metrics", timeout=5).text)
         finally:
             exit_code = server.stop(30.0)
         canary = images.hits["/canary"]
@@ -480,14 +404,14 @@ def main(argv: list[str] | None = None) -> int:
         "resources": {"start": start, "end": end, "peak_rss_bytes": max(s["rss_bytes"] for s in samples),
                       "samples": samples},
         "canary_hits": canary, "ready_after": ready_after, "alive_after": alive, "exit_code": exit_code,
-        "screen_cache": {"entries": cache_entries, "cap": args.screen_cache_size},
+        "screen_cache": {"entries": cached, "cap": args.screen_cache_size},
         "cdn": {"requests": cdn.stats().requests, "images": cdn.source},
     })  # fmt: skip
     growth = end["rss_bytes"] / start["rss_bytes"] - 1.0
     checks = {
         f"rss_growth_after_warmup<={args.max_rss_growth:.0%}": growth <= args.max_rss_growth,
         f"open_fds_flat(+{args.fd_slack})": end["open_fds"] <= start["open_fds"] + args.fd_slack,
-        "screen_cache_bounded": all(n <= args.screen_cache_size for n in cache_entries.values()),
+        "screen_cache_bounded": all(n <= args.screen_cache_size for n in cached.values()),
         "no_5xx": summary["http_5xx"] == 0,
         "no_transport_errors": summary["transport_errors"] == 0,
     }
