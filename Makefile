@@ -42,8 +42,10 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/saver bench --duration 300 --concurrency 4 --modes text,always,saver --out runs/bench
 
+# The real default models (not the fake) for 10 minutes; fails on any 5xx, transport error, RSS growth
+# over 5 % after the warm-up, growing file descriptors or an unbounded screen cache.
 soak: $(STAMP)
-	$(BIN)/python -m bench.soak --duration 600 --out runs/soak
+	nice $(BIN)/python -m bench.soak --duration 600 --real-model --warmup 60 --out runs/soak
 
 # The CPU image, tagged saver:cpu, with docker, podman or buildah (deploy/scripts/build_image.py).
 image: $(STAMP)

@@ -4,6 +4,8 @@
     saver bench ... --rate 20                       # open loop: fixed arrival rate instead of concurrency
     saver bench ... --service-env SAVER_BACKEND=onnx --service-env SAVER_MICROBATCH=true
     saver bench ... --target http://host:8000 [--service-pid PID]     # an already running service
+    saver bench ... --batch-size 32                 # also each mode through POST /v1/mner:batch
+    saver bench floor --out DIR [--flame F.svg]     # the text path against the bare encoder (bench/floor.py)
 
 Starts a CDN stand-in on 127.0.0.1 (real-size JPEGs, 80 ± 20 ms to first byte) and, unless ``--target``
 is given, ``saver serve``; replays the posts (1–4 images each) in short rounds cycling the modes
@@ -32,7 +34,7 @@ from bench.cdn import CdnConfig, CdnServer
 from bench.load import LoadConfig, plan_rounds, run_load
 from bench.report import ModeRun, Sample, markdown, plot_cdf, ratios, summarise
 from bench.service_process import ServiceProcess, parse_env, peak_rss_mb, start_service
-from bench.workload import VISION_OF_MODE, Post, Replay, load_posts
+from bench.workload import BATCH_SUFFIX, VISION_OF_MODE, Post, Replay, load_posts, vision_of
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, help="open loop: requests per second (replaces --concurrency)")
     p.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson", help="open-loop arrivals")
     p.add_argument("--modes", default="text,always,saver", help="comma-separated, from text,always,saver")
+    p.add_argument(
+        "--batch-size", type=int, default=0,
+        help="also send each mode's posts N at a time through POST /v1/mner:batch (modes <mode>_batch), "
+        "interleaved with the single-post rounds at the same concurrency",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seeds images per post, CDN latency, arrivals")
     p.add_argument("--vision-budget-ms", type=int, help="per-request vision budget (default: the server's)")
@@ -91,6 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.mode_list or any(m not in VISION_OF_MODE for m in args.mode_list):
         p.error(f"--modes must be a comma-separated subset of {','.join(VISION_OF_MODE)}")
+    if args.batch_size < 0 or args.batch_size > 256:
+        p.error("--batch-size must be within 0..256 (the service's cap is SAVER_BATCH_MAX_ITEMS)")
+    if args.batch_size:
+        args.mode_list = [m for mode in args.mode_list for m in (mode, mode + BATCH_SUFFIX)]
     if args.duration <= 0 or args.round <= 0 or args.warmup < 0 or args.concurrency < 1:
         p.error("--duration and --round must be > 0, --warmup >= 0, --concurrency >= 1")
     if args.rate is not None and args.rate <= 0:
@@ -218,6 +229,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[Sample
         arrivals=args.arrivals,
         timeout_s=args.timeout,
         seed=args.seed,
+        batch_size=max(1, args.batch_size),
     )
     machine = machine_info()
     machine["loadavg_before"] = loadavg()
@@ -286,7 +298,8 @@ def build_report(
             "posts": str(args.posts),
             "n_posts": len(posts),
             "images_per_post": sum(p.n_images for p in posts) / len(posts),
-            "modes": {m: VISION_OF_MODE[m] for m in args.mode_list},
+            "modes": {m: vision_of(m) for m in args.mode_list},
+            "batch_size": args.batch_size or None,
             "load": load.describe(),
             "duration_s": args.duration,
             "warmup_s": args.warmup,
@@ -305,6 +318,12 @@ def build_report(
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "floor":  # `saver bench floor`: the text path against the bare encoder
+        from bench.floor import main as floor_main
+
+        floor_main(argv[1:])
+        return
     logging.basicConfig(
         level=os.environ.get("SAVER_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

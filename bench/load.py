@@ -16,11 +16,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from bench.report import ModeRun, Sample
-from bench.workload import Replay, Request
+from bench.workload import Replay, Request, is_batch
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class LoadConfig:
     arrivals: str = "poisson"  # poisson | uniform (open loop only)
     timeout_s: float = 30.0  # client-side limit per request
     seed: int = 0  # seeds the arrival times
+    batch_size: int = 1  # posts per call in the ``*_batch`` modes (POST /v1/mner:batch)
 
     def describe(self) -> str:
         if self.rate is None:
@@ -52,22 +54,35 @@ def plan_rounds(modes: list[str], total_s: float, round_s: float) -> list[tuple[
     return [(mode, length) for _ in range(cycles) for mode in modes]
 
 
-async def send(client: httpx.AsyncClient, url: str, request: Request) -> Sample:
-    """Post one request and turn the answer into a Sample (status 0 when no answer came)."""
-    text = str(request.body.get("text", ""))
+async def send(client: httpx.AsyncClient, url: str, request: Request) -> list[Sample]:
+    """Post one request and turn the answer into Samples, one per post (a batch call carries several; each
+    of its posts has the call's latency). Status 0 when no answer came."""
+    posts = request.body.get("items", [request.body])
+    texts = [str(p.get("text", "")) for p in posts]
     started = time.perf_counter()
     try:
         response = await client.post(url, json=request.body)
     except httpx.HTTPError as exc:
         log.debug("request failed: %r", exc)
-        return Sample(request.mode, (time.perf_counter() - started) * 1000, 0, text)
+        return [Sample(request.mode, (time.perf_counter() - started) * 1000, 0, t) for t in texts]
     latency_ms = (time.perf_counter() - started) * 1000
     if response.status_code != 200:
-        return Sample(request.mode, latency_ms, response.status_code, text)
+        return [Sample(request.mode, latency_ms, response.status_code, t) for t in texts]
     answer = response.json()
+    if "items" not in request.body:
+        return [_sample(request.mode, latency_ms, 200, texts[0], answer)]
+    return [
+        _sample(request.mode, latency_ms, int(item["status"]), text, item.get("result") or {})
+        for text, item in zip(texts, answer["items"], strict=True)
+    ]
+
+
+def _sample(mode: str, latency_ms: float, status: int, text: str, answer: dict[str, Any]) -> Sample:
+    if status != 200:
+        return Sample(mode, latency_ms, status, text)
     vision = answer.get("vision", {})
     return Sample(
-        mode=request.mode,
+        mode=mode,
         latency_ms=latency_ms,
         status=200,
         text=text,
@@ -81,15 +96,25 @@ async def send(client: httpx.AsyncClient, url: str, request: Request) -> Sample:
     )
 
 
+def next_request(replay: Replay, mode: str, batch_size: int) -> Request:
+    return replay.next_batch(mode, batch_size) if is_batch(mode) else replay.next(mode)
+
+
 async def closed_round(
-    client: httpx.AsyncClient, url: str, replay: Replay, mode: str, seconds: float, concurrency: int
+    client: httpx.AsyncClient,
+    url: str,
+    replay: Replay,
+    mode: str,
+    seconds: float,
+    concurrency: int,
+    batch_size: int = 1,
 ) -> list[Sample]:
     samples: list[Sample] = []
     end = time.perf_counter() + seconds
 
     async def worker() -> None:
         while time.perf_counter() < end:
-            samples.append(await send(client, url, replay.next(mode)))
+            samples.extend(await send(client, url, next_request(replay, mode, batch_size)))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return samples
@@ -104,9 +129,10 @@ async def open_round(
     rate: float,
     rng: random.Random,
     arrivals: str,
+    batch_size: int = 1,
 ) -> list[Sample]:
     started = time.perf_counter()
-    tasks: list[asyncio.Task[Sample]] = []
+    tasks: list[asyncio.Task[list[Sample]]] = []
     at = 0.0
     while True:
         at += rng.expovariate(rate) if arrivals == "poisson" else 1.0 / rate
@@ -115,8 +141,8 @@ async def open_round(
         delay = started + at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(send(client, url, replay.next(mode))))
-    return list(await asyncio.gather(*tasks))
+        tasks.append(asyncio.create_task(send(client, url, next_request(replay, mode, batch_size))))
+    return [s for got in await asyncio.gather(*tasks) for s in got]
 
 
 async def run_load(
@@ -131,7 +157,7 @@ async def run_load(
 
     ``rss_mb`` and ``cdn_requests`` are read after every round; ``transport`` replaces the network (tests).
     """
-    url = f"{base_url.rstrip('/')}/mner"
+    single_url, batch_url = f"{base_url.rstrip('/')}/mner", f"{base_url.rstrip('/')}/v1/mner:batch"
     rng = random.Random(config.seed)
     connections = max(config.concurrency, 256 if config.rate is not None else 0)
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
@@ -140,10 +166,13 @@ async def run_load(
 
     async def one_round(client: httpx.AsyncClient, mode: str, seconds: float) -> tuple[list[Sample], float]:
         started = time.perf_counter()
+        url, size = (batch_url, config.batch_size) if is_batch(mode) else (single_url, 1)
         if config.rate is None:
-            got = await closed_round(client, url, replay, mode, seconds, config.concurrency)
+            got = await closed_round(client, url, replay, mode, seconds, config.concurrency, size)
         else:
-            got = await open_round(client, url, replay, mode, seconds, config.rate, rng, config.arrivals)
+            got = await open_round(
+                client, url, replay, mode, seconds, config.rate, rng, config.arrivals, size
+            )
         return got, time.perf_counter() - started
 
     async with httpx.AsyncClient(limits=limits, timeout=config.timeout_s, transport=transport) as client:

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.workload import BATCH_SUFFIX
+
 # metric -> (column header, format) for the markdown table, in table order
 COLUMNS: dict[str, tuple[str, str]] = {
     "n_requests": ("requests", "{:d}"),
@@ -16,7 +18,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "p90_ms": ("P90 ms", "{:.1f}"),
     "p99_ms": ("P99 ms", "{:.1f}"),
     "mean_ms": ("mean ms", "{:.1f}"),
-    "rps": ("req/s", "{:.2f}"),
+    "rps": ("posts/s", "{:.2f}"),  # a batch call answers several posts
     "activation_rate": ("activated", "{:.1%}"),
     "images_fetched_per_request": ("img fetched/req", "{:.2f}"),
     "images_selected_per_request": ("img encoded/req", "{:.2f}"),
@@ -126,7 +128,8 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """``{"saver/always": {metric: ratio}, "saver/text": ...}`` for the modes that were run."""
     out: dict[str, dict[str, float | None]] = {}
-    for num, den in RATIO_PAIRS:
+    pairs = [*RATIO_PAIRS, *((f"{m}{BATCH_SUFFIX}", m) for m in summary if f"{m}{BATCH_SUFFIX}" in summary)]
+    for num, den in pairs:
         if num in summary and den in summary:
             out[f"{num}/{den}"] = {m: ratio(summary[num].get(m), summary[den].get(m)) for m in RATIO_METRICS}
     return out

@@ -6,7 +6,7 @@ busy with a weighted mix of valid posts, image faults, hostile URLs, bad inputs 
 Every answer is checked against what its kind must get; the summary counts outcomes and errors by kind
 and records the server's RSS and open file descriptors at start, during and at the end.
 
-    python -m bench.soak --duration 600 --out runs/soak        # the 10-minute run
+    python -m bench.soak --duration 600 --real-model --warmup 60 --out runs/soak   # `make soak`
     python -m bench.soak --duration 45 --out /tmp/soak-short   # a quick check
 
 Run it from the repository root (the image server lives with the tests). Exit status 1 when any answer
@@ -26,17 +26,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.cdn import CdnConfig, CdnServer
+from bench.soak_report import Tally, cache_entries, markdown, summarise
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGES = REPO / ".." / "shared" / "data" / "images"  # real photos for the CDN stand-in when present
 GROUNDABLE = "Kevin Durant joins the Warriors in Oakland"  # the fake model's gate activates on it
 PLAIN = "so tired of this weather today"  # nothing activates: no image work
 
@@ -51,15 +55,6 @@ class Probe:
     ok: Callable[[int, dict[str, Any]], bool]  # (status, JSON body) -> whether the answer is right
 
 
-@dataclass
-class Tally:
-    statuses: Counter[str] = field(default_factory=Counter)
-    outcomes: Counter[str] = field(default_factory=Counter)  # fallback reasons and error codes
-    unexpected: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    examples: list[str] = field(default_factory=list)  # a few unexpected answers, for the report
-
-
 def _json(data: Any) -> bytes:
     return json.dumps(data).encode()
 
@@ -70,16 +65,28 @@ def _fallback(body: dict[str, Any]) -> str | None:
 
 
 def build_mix(
-    image_base: str, port: int, photos: list[str]
+    image_base: str, port: int, photos: list[str], cdn_base: str | None = None
 ) -> list[tuple[float, Callable[[random.Random], Probe]]]:
     """(weight, probe factory) pairs; factories draw their variant from the given RNG. ``photos``: paths
-    of real photos on the image server."""
+    of real photos on the image server; ``cdn_base``: the CDN stand-in (``bench/cdn.py``) serving real
+    JPEGs, each request with URLs the service has not seen (so its screen cache keeps filling).
+
+    Whatever must fetch forces ``vision: always``: the shipped models' τ may be ∞ (auto never activates),
+    and a fault or hostile URL that is never fetched proves nothing."""
+    cdn = cdn_base or image_base
+    counter = iter(range(10**12))
+
+    def cdn_urls(rng: random.Random, n: int) -> list[str]:
+        if cdn_base is None:
+            return [image_base + p for p in rng.sample(photos[:2] or ["/gen/rgb.jpg"], 1)] * n
+        return [f"{cdn}/img/soak{rng.randrange(64)}/{k}.jpg?v={next(counter)}" for k in range(n)]
 
     def ok_200(status: int, body: dict[str, Any]) -> bool:
         return status in (200, 429)
 
     def vision_ok(status: int, body: dict[str, Any]) -> bool:
-        return status == 429 or (status == 200 and _fallback(body) is None)
+        # images used, or (CPU saturated by the real model) a fetch that missed the budget, said so
+        return status == 429 or (status == 200 and _fallback(body) in (None, "budget_exceeded"))
 
     def text_only(status: int, body: dict[str, Any]) -> bool:
         return status == 429 or (status == 200 and _fallback(body) is not None)
@@ -145,7 +152,40 @@ def build_mix(
 
     def valid_vision(rng: random.Random) -> Probe:
         urls = [image_base + p for p in rng.sample(good, rng.randint(1, 3))]
-        return Probe("valid_with_images", "/mner", _json({"text": GROUNDABLE, "image_urls": urls}), vision_ok)
+        body = {"text": GROUNDABLE, "image_urls": urls, "options": {"vision": "always"}}
+        return Probe("valid_with_images", "/mner", _json(body), vision_ok)
+
+    def real_jpegs(rng: random.Random) -> Probe:
+        # real photos with CDN latency, forced: the activating path of the real model, every stage run
+        body = {
+            "text": GROUNDABLE,
+            "image_urls": cdn_urls(rng, rng.randint(1, 4)),
+            "options": {"vision": "always"},
+        }
+        return Probe("real_jpegs_always", "/mner", _json(body), vision_ok)
+
+    def auto_with_images(rng: random.Random) -> Probe:
+        body = {"text": GROUNDABLE, "image_urls": cdn_urls(rng, rng.randint(1, 2))}
+        return Probe("auto_with_images", "/mner", _json(body), ok_200)
+
+    def batch(rng: random.Random) -> Probe:
+        # a batch with one invalid item: that item fails alone, the rest answer
+        n = rng.randint(2, 12)
+        items: list[Any] = [{"text": rng.choice([PLAIN, GROUNDABLE])} for _ in range(n)]
+        items[-1]["options"] = {"vision": "always"}
+        items[-1]["image_urls"] = cdn_urls(rng, 1)
+        bad = rng.randrange(n)
+        items[bad] = rng.choice([{"text": "   "}, {"text": "a", "extra": 1}, 17, {"tokens": []}])
+
+        def ok(status: int, body: dict[str, Any]) -> bool:
+            if status == 429:
+                return True
+            got = body.get("items") if status == 200 else None
+            if not isinstance(got, list) or len(got) != n:
+                return False
+            return all(it["status"] == (422 if i == bad else 200) for i, it in enumerate(got))
+
+        return Probe("batch", "/v1/mner:batch", _json({"items": items}), ok)
 
     def valid_mre(rng: random.Random) -> Probe:
         body = {"text": GROUNDABLE, "head": {"text": "Kevin Durant"}, "tail": {"text": "Warriors"},
@@ -154,12 +194,12 @@ def build_mix(
 
     def image_fault(rng: random.Random) -> Probe:
         body = {"text": GROUNDABLE, "image_urls": [image_base + rng.choice(faults)],
-                "options": {"vision_budget_ms": 1500}}  # fmt: skip
+                "options": {"vision": "always", "vision_budget_ms": 1500}}  # fmt: skip
         return Probe("image_fault", "/mner", _json(body), text_only)
 
     def hostile_url(rng: random.Random) -> Probe:
-        return Probe("hostile_url", "/mner", _json({"text": GROUNDABLE, "image_urls": [rng.choice(hostile)]}),
-                     blocked)  # fmt: skip
+        body = {"text": GROUNDABLE, "image_urls": [rng.choice(hostile)], "options": {"vision": "always"}}
+        return Probe("hostile_url", "/mner", _json(body), blocked)
 
     def bad_scheme(rng: random.Random) -> Probe:
         body = {"text": GROUNDABLE, "image_urls": [rng.choice(schemes)]}
@@ -168,8 +208,8 @@ def build_mix(
     def bad_input(rng: random.Random) -> Probe:
         return Probe("bad_input", rng.choice(["/mner", "/mre"]), rng.choice(bad_bodies), client_error)
 
-    return [(30, valid_text), (20, valid_vision), (10, valid_mre), (15, image_fault), (10, hostile_url),
-            (5, bad_scheme), (10, bad_input)]  # fmt: skip
+    return [(30, valid_text), (8, valid_vision), (10, real_jpegs), (4, auto_with_images), (8, valid_mre),
+            (10, image_fault), (10, hostile_url), (5, bad_scheme), (10, bad_input), (5, batch)]  # fmt: skip
 
 
 class ServerProcess:
@@ -180,7 +220,9 @@ class ServerProcess:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
         self.base = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, **env, "SAVER_WORKERS": str(workers)}
+        # glibc's per-thread malloc arenas (executor, decode and ONNX Runtime threads) fragment and keep
+        # growing RSS under mixed image sizes; two arenas is what the image sets too (deploy/Dockerfile).
+        full_env = {"MALLOC_ARENA_MAX": "2", **os.environ, **env, "SAVER_WORKERS": str(workers)}
         full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.log_path = log_path
         with log_path.open("wb") as out:
@@ -299,67 +341,20 @@ async def run_load(base: str, mix: list[tuple[float, Callable[[random.Random], P
         await asyncio.gather(*(worker(i) for i in range(concurrency)), bursts(), sampler())
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-
-def summarise(tallies: dict[str, Tally], meta: dict[str, Any]) -> dict[str, Any]:
-    kinds: dict[str, dict[str, Any]] = {
-        kind: {
-            "requests": sum(t.statuses.values()),
-            "statuses": dict(t.statuses),
-            "outcomes": dict(t.outcomes),
-            "unexpected": t.unexpected,
-            "p50_ms": _percentile(t.latencies_ms, 0.5),
-            "p99_ms": _percentile(t.latencies_ms, 0.99),
-            "examples": t.examples,
-        }
-        for kind, t in sorted(tallies.items())
-    }
-    total = sum(k["requests"] for k in kinds.values())
-    errors_5xx = sum(n for t in tallies.values() for s, n in t.statuses.items() if s.startswith("5"))
-    transport = sum(n for t in tallies.values() for s, n in t.statuses.items() if s.startswith("transport"))
-    return {**meta, "requests": total, "http_5xx": errors_5xx, "transport_errors": transport,
-            "unexpected": sum(t.unexpected for t in tallies.values()), "kinds": kinds}  # fmt: skip
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    start, end = summary["resources"]["start"], summary["resources"]["end"]
-    mib = 1024 * 1024
-    lines = [
-        f"# Soak run: {summary['duration_s']:g} s, {summary['model']} model, concurrency {summary['concurrency']}",
-        "",
-        f"- requests: {summary['requests']} ({summary['requests'] / summary['duration_s']:.1f}/s); "
-        f"5xx: {summary['http_5xx']}; transport errors: {summary['transport_errors']}; "
-        f"unexpected answers: {summary['unexpected']}",
-        f"- server RSS: {start['rss_bytes'] / mib:.1f} MiB at start, {end['rss_bytes'] / mib:.1f} MiB at end "
-        f"(peak sampled {summary['resources']['peak_rss_bytes'] / mib:.1f} MiB)",
-        f"- open file descriptors: {start['open_fds']} at start, {end['open_fds']} at end",
-        "- RSS samples (MiB, every 10 s): "
-        + " ".join(f"{s['rss_bytes'] / mib:.0f}" for s in summary["resources"]["samples"]),
-        f"- canary hits (private-address requests that reached the listener): {summary['canary_hits']}",
-        f"- ready after the load: {summary['ready_after']}; exit on SIGTERM: {summary['exit_code']}",
-        "",
-        "| kind | requests | statuses | outcomes | unexpected | p50 ms | p99 ms |",
-        "|---|---:|---|---|---:|---:|---:|",
-    ]
-    for kind, k in summary["kinds"].items():
-        statuses = ", ".join(f"{s}: {n}" for s, n in sorted(k["statuses"].items()))
-        outcomes = ", ".join(f"{o}: {n}" for o, n in sorted(k["outcomes"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"| {kind} | {k['requests']} | {statuses} | {outcomes} | {k['unexpected']} | "
-                     f"{k['p50_ms']} | {k['p99_ms']} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
     p.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
     p.add_argument("--concurrency", type=int, default=8, help="clients sending back to back")
     p.add_argument("--burst-every", type=float, default=20.0, help="seconds between bursts past capacity")
     p.add_argument("--real-model", action="store_true", help="serve the artifacts instead of the fake model")
+    p.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds of unmeasured load before the start sample"
+    )
+    p.add_argument(
+        "--max-rss-growth", type=float, default=0.05, help="fail above this RSS growth after warm-up"
+    )
+    p.add_argument("--fd-slack", type=int, default=4, help="fail when open fds grow by more than this")
+    p.add_argument("--screen-cache-size", type=int, default=256, help="SAVER_SCREEN_CACHE_SIZE of the server")
     p.add_argument("--workers", type=int, default=1, help="uvicorn workers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/soak"), help="directory for soak.json and soak.md")
@@ -371,19 +366,23 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     env = {"SAVER_ALLOW_LOOPBACK": "true", "SAVER_LOG_LEVEL": "WARNING", "SAVER_SHUTDOWN_GRACE_S": "15",
-           "SAVER_MAX_CONCURRENT_INFERENCES": "4", "SAVER_MAX_QUEUE": "16"}  # fmt: skip
+           "SAVER_MAX_CONCURRENT_INFERENCES": "4", "SAVER_MAX_QUEUE": "16",
+           "SAVER_SCREEN_CACHE_SIZE": str(args.screen_cache_size)}  # fmt: skip
     if not args.real_model:
         env["SAVER_FAKE_MODEL"] = "1"
     tallies: dict[str, Tally] = defaultdict(Tally)
-    with start_image_server() as images:
+    cdn_config = CdnConfig(
+        latency_ms=80.0, jitter_ms=20.0, n_images=16, image_dir=DEFAULT_IMAGES, seed=args.seed
+    )
+    with start_image_server() as images, CdnServer(cdn_config) as cdn:
         server = ServerProcess(env, args.out / "server.log", args.workers)
         try:
-            server.wait_ready(300.0)
-            mix = build_mix(images.base_url, images.port, images.image_paths)
-            # A short warm-up so "start" is after first-request allocations, not before them.
-            asyncio.run(
-                run_load(server.base, mix, 3.0, 2, 1e9, args.seed + 99, defaultdict(Tally), lambda: None)
-            )
+            server.wait_ready(600.0)
+            mix = build_mix(images.base_url, images.port, images.image_paths, cdn.base_url)
+            # Warm-up under the same mix, so "start" is after the allocator, the ONNX arenas and the screen
+            # cache have grown to their working size: growth after it is what would leak.
+            asyncio.run(run_load(server.base, mix, args.warmup, args.concurrency, 1e9, args.seed + 99,
+                                 defaultdict(Tally), lambda: None))  # fmt: skip
             images.reset_hits()
             start = server.resources()
             samples = [start]
@@ -395,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             samples.append(end)
             ready_after = httpx.get(server.base + "/readyz", timeout=5).status_code == 200
             alive = server.proc.poll() is None
+            cached = cache_entries(httpx.get(server.base + "/metrics", timeout=5).text)
         finally:
             exit_code = server.stop(30.0)
         canary = images.hits["/canary"]
@@ -404,12 +404,25 @@ def main(argv: list[str] | None = None) -> int:
         "resources": {"start": start, "end": end, "peak_rss_bytes": max(s["rss_bytes"] for s in samples),
                       "samples": samples},
         "canary_hits": canary, "ready_after": ready_after, "alive_after": alive, "exit_code": exit_code,
+        "screen_cache": {"entries": cached, "cap": args.screen_cache_size},
+        "cdn": {"requests": cdn.stats().requests, "images": cdn.source},
     })  # fmt: skip
+    growth = end["rss_bytes"] / start["rss_bytes"] - 1.0
+    checks = {
+        f"rss_growth_after_warmup<={args.max_rss_growth:.0%}": growth <= args.max_rss_growth,
+        f"open_fds_flat(+{args.fd_slack})": end["open_fds"] <= start["open_fds"] + args.fd_slack,
+        "screen_cache_bounded": all(n <= args.screen_cache_size for n in cached.values()),
+        "no_5xx": summary["http_5xx"] == 0,
+        "no_transport_errors": summary["transport_errors"] == 0,
+    }
+    summary["rss_growth"] = growth
+    summary["checks"] = checks
     (args.out / "soak.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out / "soak.md").write_text(markdown(summary))
     log.info("soak summary written to %s", args.out)
     failed = (
-        summary["unexpected"]
+        not all(checks.values())
+        or summary["unexpected"]
         or canary
         or not (alive and ready_after)
         or exit_code not in (0, -signal.SIGTERM)

@@ -19,6 +19,15 @@ from typing import Any
 
 # bench mode -> the request's options.vision
 VISION_OF_MODE = {"text": "never", "always": "always", "saver": "auto"}
+BATCH_SUFFIX = "_batch"  # ``text_batch``: the posts of ``text`` sent through the batch route
+
+
+def vision_of(mode: str) -> str:
+    return VISION_OF_MODE[mode.removesuffix(BATCH_SUFFIX)]
+
+
+def is_batch(mode: str) -> bool:
+    return mode.endswith(BATCH_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -112,11 +121,17 @@ class Replay:
         key = _url_safe(post.id) or f"post{index}"
         return [f"{self.cdn_base}/img/{key}/{k}.jpg?v={mode}-{pass_no}" for k in range(post.n_images)]
 
+    def next_batch(self, mode: str, size: int) -> Request:
+        """``size`` next posts of ``mode`` as one batch body ``{"items": [...]}``."""
+        posts = [self.next(mode).body for _ in range(size)]
+        cursor = self._cursor[mode] - 1
+        return Request(mode, cursor % len(self.posts), cursor // len(self.posts), {"items": posts})
+
     def next(self, mode: str) -> Request:
         cursor = self._cursor.get(mode, 0)
         self._cursor[mode] = cursor + 1
         index, pass_no = cursor % len(self.posts), cursor // len(self.posts)
-        options: dict[str, Any] = {"vision": VISION_OF_MODE[mode]}
+        options: dict[str, Any] = {"vision": vision_of(mode)}
         if self.vision_budget_ms is not None:
             options["vision_budget_ms"] = self.vision_budget_ms
         body = {

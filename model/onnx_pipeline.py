@@ -193,6 +193,15 @@ class OnnxPipeline(TorchPipeline):
         return torch.from_numpy(np.asarray(self.evidence_session.run(None, feeds)[0]))
 
     def _text_units(self, words: list[list[str]], pairs: list[Pair] | None) -> TextUnits:
+        feeds, spans, word_mask = self.text_feeds(words, pairs)
+        units, gate, logits = (torch.from_numpy(np.asarray(o)) for o in self.text_session.run(None, feeds))
+        return self.model.from_graph(units, gate, logits, spans, word_mask)
+
+    def text_feeds(
+        self, words: list[list[str]], pairs: list[Pair] | None
+    ) -> tuple[dict[str, np.ndarray], torch.Tensor, torch.Tensor]:
+        """The text graph's inputs for a batch of non-empty posts, plus the spans and word mask that
+        turn its outputs back into ``TextUnits`` (a benchmark times the graph alone on these)."""
         model = self.model
         enc = model.encoder.prepare(words)
         n = max(enc.first_subword.size(1), model.cfg.max_span_width)  # the graph's span max-pool needs N >= W
@@ -207,8 +216,7 @@ class OnnxPipeline(TorchPipeline):
             "shapes": shapes.numpy(),
             "spans": spans.contiguous().numpy(),
         }
-        units, gate, logits = (torch.from_numpy(np.asarray(o)) for o in self.text_session.run(None, feeds))
-        return model.from_graph(units, gate, logits, spans, word_mask)
+        return feeds, spans, word_mask
 
 
 def _pad_words(t: torch.Tensor, n: int) -> torch.Tensor:

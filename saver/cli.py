@@ -1,4 +1,4 @@
-"""The one console command: ``saver serve | train | calibrate | evaluate | export | bench | index``.
+"""The one console command: ``saver serve | predict | train | calibrate | evaluate | export | bench | index``.
 
 Subcommands import their package lazily, so ``saver serve`` never imports the training stack.
 """
@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> None:
 
         serve(argv[1:])
         return
+    if argv and argv[0] == "predict":
+        from service.predict import predict
+
+        predict(argv[1:])
+        return
     if argv and argv[0] == "bench":
         from bench.cli import main as bench_main
 
@@ -31,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="saver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP service (see `saver serve --help`)")
+    sub.add_parser("predict", help="run a JSONL file of posts offline (see `saver predict --help`)")
     sub.add_parser("bench", help="benchmark the service (see `saver bench --help`)")
     sub.add_parser("index", help="build and query knowledge indexes (see `saver index --help`)")
     from training.cli import add_subcommands

@@ -140,7 +140,12 @@ def create_app(
     app.state.metrics = metrics
     app.state.knowledge = knowledge
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        batch_max_body_bytes=settings.batch_max_body_bytes,
+    )
     if tracer is not None:  # outermost: the server span covers everything the request costs
         app.add_middleware(tracing.TracingMiddleware, tracer=tracer)
     app.include_router(router)

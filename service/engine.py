@@ -12,6 +12,7 @@ import contextvars
 import functools
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from service.cache import ScreenCache
 from service.metrics import ServiceMetrics
 from service.schemas import ModelInfo, Options
 from service.stageclock import StageClock
-from service.vision import NO_IMAGES, Fetcher, FetchResult, VisionOutcome, VisionPath
+from service.vision import NO_IMAGES, Fetcher, FetchResult, StageRunner, VisionOutcome, VisionPath
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -47,6 +48,21 @@ T = TypeVar("T")
 
 STAGES = ("text_encode", "gate", "fetch", "screen", "select", "detail", "fuse")
 UNTRAINED_WARNING = "untrained: randomly initialised weights"
+
+
+@dataclass(frozen=True)
+class BatchPost:
+    """One valid item of a batch, as the engine needs it."""
+
+    request: TextRequest
+    urls: list[str]
+    options: Options
+
+    @property
+    def length(self) -> int:
+        """Rough word count, to group posts of similar length (grouping changes padding, not answers)."""
+        r = self.request
+        return len(r.tokens) if r.tokens is not None else len((r.text or "").split())
 
 
 @dataclass
@@ -163,16 +179,31 @@ class TaskEngine:
             finally:
                 clock.add(name, started, clock.now())
 
-        def add_fetch(started: float, urls: list[str], results: Sequence[FetchResult]) -> None:
-            clock.add_fetch(started, clock.now(), urls, results)
-
-        mode: VisionMode = options.vision
         if self.batcher is None:
             text_result = await stage("text_encode", self.pipeline.encode_text, text, tokens, head, tail)
         else:  # the batch wait counts as text_encode time: it is what the request paid
             started = clock.now()
             text_result = await self.batcher.encode(TextRequest(text, tokens, head, tail))
             clock.add("text_encode", started, clock.now())
+        return await self.finish(text_result, urls, options, clock, stage)
+
+    async def finish(
+        self,
+        text_result: TextResult,
+        urls: list[str],
+        options: Options,
+        clock: StageClock,
+        stage: StageRunner,
+        deadline: float | None = None,
+    ) -> Inference:
+        """Everything after the text stage: gate, vision if asked for, fuse. The batch route calls it per
+        item; ``deadline`` (``time.monotonic()``) then replaces the item's own vision budget, so that all
+        items of a batch fetch under one budget."""
+        mode: VisionMode = options.vision
+
+        def add_fetch(started: float, urls: list[str], results: Sequence[FetchResult]) -> None:
+            clock.add_fetch(started, clock.now(), urls, results)
+
         # The gate decision is a comparison over the U scores already computed with the text: run it
         # inline, since a hop through the executor would cost more than the work under load.
         started = clock.now()
@@ -193,6 +224,8 @@ class TaskEngine:
         else:
             budget_ms = options.vision_budget_ms
             budget_s = (self.default_budget_ms if budget_ms is None else budget_ms) / 1000.0
+            if deadline is not None:
+                budget_s = min(budget_s, max(0.0, deadline - time.monotonic()))
             outcome = await self.vision.run(text_result, wanted, urls, budget_s, stage, add_fetch)
             activated, selected = outcome.activated, outcome.selected
             details, screened, fallback = outcome.details, outcome.screened, outcome.fallback
@@ -203,6 +236,71 @@ class TaskEngine:
         if self.tracer is not None:
             clock.annotate(outcome_attributes(inference))
         return inference
+
+    async def infer_many(self, posts: Sequence[BatchPost], group_size: int) -> list[Inference | Exception]:
+        """Many posts (the batch routes, ``saver predict``): their text encoded in length-grouped batches
+        through ``encode_text_batch``, then every post finished concurrently, the vision of all activated
+        posts under one budget. One outcome per post, in order; a post that fails gets its exception and
+        never fails the others."""
+        clocks = [StageClock(STAGES, self.tracer, self.trace_urls) for _ in posts]
+        texts: list[TextResult | Exception] = await self._encode_grouped(posts, group_size, clocks)
+        deadline = time.monotonic() + self.default_budget_ms / 1000.0
+
+        async def one(i: int) -> Inference | Exception:
+            text = texts[i]
+            if isinstance(text, Exception):
+                return text
+
+            clock = clocks[i]
+
+            async def stage(name: str, fn: Callable[..., T], *args: Any) -> T:
+                started = clock.now()
+                try:
+                    return await self._offload(fn, *args)
+                finally:
+                    clock.add(name, started, clock.now())
+
+            try:
+                return await self.finish(text, posts[i].urls, posts[i].options, clock, stage, deadline)
+            except Exception as exc:  # reported per item; the others go on
+                log.exception("batch item %d failed", i)
+                return exc
+
+        return list(await asyncio.gather(*(one(i) for i in range(len(posts)))))
+
+    async def _encode_grouped(
+        self, posts: Sequence[BatchPost], group_size: int, clocks: list[StageClock]
+    ) -> list[TextResult | Exception]:
+        """Posts of similar length share a forward (little padding); a group that fails is retried post by
+        post, so that only the bad post fails."""
+        out: list[TextResult | Exception] = [ValueError("not encoded")] * len(posts)
+        order = sorted(range(len(posts)), key=lambda i: posts[i].length)
+        for g in range(0, len(order), max(1, group_size)):
+            group = order[g : g + group_size]
+            started = StageClock.now()
+            results: list[TextResult | Exception]
+            try:
+                results = list(await self._offload(self.pipeline_batch, [posts[i].request for i in group]))
+            except Exception:
+                if len(group) > 1:
+                    log.warning("batched text encoding of %d posts failed; retrying one by one", len(group))
+                results = []
+                for i in group:
+                    try:
+                        results.append((await self._offload(self.pipeline_batch, [posts[i].request]))[0])
+                    except Exception as exc:
+                        results.append(exc)
+            ended = StageClock.now()
+            for i, result in zip(group, results, strict=True):
+                out[i] = result
+                clocks[i].add("text_encode", started, ended)  # what each post of the group waited for
+        return out
+
+    def pipeline_batch(self, requests: list[TextRequest]) -> list[TextResult]:
+        """``encode_text_batch`` where the pipeline has it, else ``encode_text`` post by post."""
+        if isinstance(self.pipeline, BatchTextEncoder):
+            return self.pipeline.encode_text_batch(requests)
+        return [self.pipeline.encode_text(r.text, r.tokens, r.head, r.tail) for r in requests]
 
     def _record(self, inf: Inference) -> None:
         m, ep = self.metrics, self.task
@@ -224,6 +322,7 @@ class TaskEngine:
             m.images.labels(endpoint=ep, outcome="selected").inc(len(v.details))
         if inf.fallback is not None:
             m.vision_fallbacks.labels(endpoint=ep, reason=inf.fallback).inc()
+        m.screen_cache_entries.labels(endpoint=ep).set(len(self.cache))
 
     def warm_up(self) -> None:
         """One full text + vision pass on a synthetic post, so the first request pays no lazy init."""

@@ -97,6 +97,13 @@ class ServiceMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.screen_cache_entries = Gauge(
+            "saver_screen_cache_entries",
+            "Entries in the LRU cache of screened images (bounded by SAVER_SCREEN_CACHE_SIZE)",
+            ["endpoint"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.model_info = Gauge(
             "saver_model_info",
             "Loaded model identity (value 1)",

@@ -22,7 +22,13 @@ from service.schemas import ErrorBody, ErrorResponse
 
 log = logging.getLogger("service.access")
 
-INFERENCE_ENDPOINTS = {"/mner": "mner", "/mre": "mre"}
+INFERENCE_ENDPOINTS = {
+    "/mner": "mner",
+    "/mre": "mre",
+    "/v1/mner:batch": "mner_batch",
+    "/v1/mre:batch": "mre_batch",
+}
+BATCH_PATHS = frozenset({"/v1/mner:batch", "/v1/mre:batch"})
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -37,10 +43,17 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class RequestContextMiddleware:
     """Tags each request with an id (client's ``X-Request-ID`` if sane), enforces the body cap, measures."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServiceMetrics,
+        max_body_bytes: int,
+        batch_max_body_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.batch_max_body_bytes = batch_max_body_bytes or max_body_bytes  # the batch routes' own cap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,12 +78,13 @@ class RequestContextMiddleware:
 
         if endpoint is not None:
             self.metrics.inflight.inc()
+        limit = self.batch_max_body_bytes if path in BATCH_PATHS else self.max_body_bytes
         try:
             declared = _header(scope, b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                await self._too_large(send_with_id, rid)
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                await self._too_large(send_with_id, rid, limit)
             else:
-                await self.app(scope, self._capped(receive), send_with_id)
+                await self.app(scope, self._capped(receive, limit), send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             if endpoint is not None:
@@ -89,10 +103,9 @@ class RequestContextMiddleware:
             )
             request_id_var.reset(token)
 
-    def _capped(self, receive: Receive) -> Receive:
+    def _capped(self, receive: Receive, limit: int) -> Receive:
         """Counts a body without Content-Length (chunked) as it streams in."""
         received = 0
-        limit = self.max_body_bytes
 
         async def capped_receive() -> Message:
             nonlocal received
@@ -107,9 +120,9 @@ class RequestContextMiddleware:
 
         return capped_receive
 
-    async def _too_large(self, send: Send, rid: str) -> None:
+    async def _too_large(self, send: Send, rid: str, limit: int) -> None:
         error = ErrorBody(
-            code="payload_too_large", message=f"request body over {self.max_body_bytes} bytes", request_id=rid
+            code="payload_too_large", message=f"request body over {limit} bytes", request_id=rid
         )
         body = json.dumps(ErrorResponse(error=error).model_dump()).encode()
         headers: list[Any] = [

@@ -11,6 +11,16 @@ from typing import Any
 
 from model.pipeline import MnerResult, MreResult
 from service.admission import Admission
+from service.batch import run_batch
+from service.batch_schemas import (
+    BatchTimings,
+    MnerBatchItem,
+    MnerBatchRequest,
+    MnerBatchResponse,
+    MreBatchItem,
+    MreBatchRequest,
+    MreBatchResponse,
+)
 from service.engine import Inference, TaskEngine, shown_threshold
 from service.errors import InferenceTimeout, InvalidInput, NotReady
 from service.metrics import ServiceMetrics
@@ -62,7 +72,7 @@ class Predictor:
             raise NotReady(f"no {task} model is loaded")
         return self.engines[task]
 
-    def _check_limits(self, req: PostRequest) -> None:
+    def check_limits(self, req: PostRequest) -> None:
         """The operator's limits, which may be tighter than the schema's hard caps."""
         s = self.settings
         if req.text is not None and len(req.text) > s.max_text_chars:
@@ -76,7 +86,7 @@ class Predictor:
                 raise InvalidInput(f"URL longer than {s.max_url_chars} characters", field=f"image_urls.{i}")
 
     @asynccontextmanager
-    async def _admitted(self, endpoint: str) -> AsyncIterator[None]:
+    async def admitted(self, endpoint: str) -> AsyncIterator[None]:
         """A compute slot within the request deadline; 429 when full, 504 when the deadline passes."""
         timeout_s = self.settings.request_timeout_s
         try:
@@ -89,49 +99,79 @@ class Predictor:
     async def mner(self, req: MnerRequest) -> MnerResponse:
         started = time.perf_counter()
         engine = self.engine("mner")
-        self._check_limits(req)
-        async with self._admitted("mner"):
+        self.check_limits(req)
+        async with self.admitted("mner"):
             inf = await engine.infer(req.text, req.tokens, req.image_urls, req.options)
-        assert isinstance(inf.result, MnerResult)
-        entities = [
-            Entity(
-                text=e.text,
-                type=e.type,
-                score=e.score,
-                start=e.start,
-                end=e.end,
-                token_start=e.token_start,
-                token_end=e.token_end,
-                vision=UnitVision(gate=e.gate, activated=e.activated, images=e.images),
-            )
-            for e in inf.result.entities
-        ]
-        return MnerResponse(
-            entities=entities,
-            vision=_summary(engine, inf),
-            timings_ms=_timings(inf, started),
-            model=engine.info,
-        )
+        return mner_response(engine, inf, started)
 
     async def mre(self, req: MreRequest) -> MreResponse:
         started = time.perf_counter()
         engine = self.engine("mre")
-        self._check_limits(req)
+        self.check_limits(req)
         head, tail = resolve_pair(req.text, req.tokens, req.head, req.tail)
-        async with self._admitted("mre"):
+        async with self.admitted("mre"):
             inf = await engine.infer(req.text, req.tokens, req.image_urls, req.options, head, tail)
-        r = inf.result
-        assert isinstance(r, MreResult)
-        summary = _summary(engine, inf).model_dump()
-        vision = PairVision(**summary, gate=r.gate, activated=r.activated, images=r.images)
-        return MreResponse(
-            relation=r.relation,
-            score=r.score,
-            top=[RelationScore(relation=label, score=score) for label, score in r.top],
-            vision=vision,
-            timings_ms=_timings(inf, started),
+        return mre_response(engine, inf, started)
+
+    async def mner_batch(self, body: MnerBatchRequest) -> MnerBatchResponse:
+        started = time.perf_counter()
+        engine = self.engine("mner")
+        items = await run_batch(self, engine, "mner", body.items)
+        return MnerBatchResponse(
+            items=[MnerBatchItem(**item.fields(mner_response, engine, started)) for item in items],
             model=engine.info,
+            timings_ms=BatchTimings(total=round((time.perf_counter() - started) * 1000.0, 3)),
         )
+
+    async def mre_batch(self, body: MreBatchRequest) -> MreBatchResponse:
+        started = time.perf_counter()
+        engine = self.engine("mre")
+        items = await run_batch(self, engine, "mre", body.items)
+        return MreBatchResponse(
+            items=[MreBatchItem(**item.fields(mre_response, engine, started)) for item in items],
+            model=engine.info,
+            timings_ms=BatchTimings(total=round((time.perf_counter() - started) * 1000.0, 3)),
+        )
+
+
+def mner_response(engine: TaskEngine, inf: Inference, started: float) -> MnerResponse:
+    """The ``/mner`` answer of one inference: the single route and every batch item build it here."""
+    assert isinstance(inf.result, MnerResult)
+    entities = [
+        Entity(
+            text=e.text,
+            type=e.type,
+            score=e.score,
+            start=e.start,
+            end=e.end,
+            token_start=e.token_start,
+            token_end=e.token_end,
+            vision=UnitVision(gate=e.gate, activated=e.activated, images=e.images),
+        )
+        for e in inf.result.entities
+    ]
+    return MnerResponse(
+        entities=entities,
+        vision=_summary(engine, inf),
+        timings_ms=_timings(inf, started),
+        model=engine.info,
+    )
+
+
+def mre_response(engine: TaskEngine, inf: Inference, started: float) -> MreResponse:
+    """The ``/mre`` answer of one inference: the single route and every batch item build it here."""
+    r = inf.result
+    assert isinstance(r, MreResult)
+    summary = _summary(engine, inf).model_dump()
+    vision = PairVision(**summary, gate=r.gate, activated=r.activated, images=r.images)
+    return MreResponse(
+        relation=r.relation,
+        score=r.score,
+        top=[RelationScore(relation=label, score=score) for label, score in r.top],
+        vision=vision,
+        timings_ms=_timings(inf, started),
+        model=engine.info,
+    )
 
 
 def _summary(engine: TaskEngine, inf: Inference) -> VisionSummary:

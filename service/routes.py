@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from knowledge.handle import IndexHandle
+from service.batch_schemas import MnerBatchRequest, MnerBatchResponse, MreBatchRequest, MreBatchResponse
 from service.errors import NotReady
 from service.metrics import ServiceMetrics
 from service.predictor import Predictor
@@ -86,6 +87,24 @@ async def mner(body: MnerRequest, predictor: PredictorDep) -> MnerResponse:
 @router.post("/mre", responses=_ERRORS, summary="Multimodal relation extraction between two marked entities")
 async def mre(body: MreRequest, predictor: PredictorDep) -> MreResponse:
     return await predictor.mre(body)
+
+
+@router.post(
+    "/v1/mner:batch",
+    responses=_ERRORS,
+    summary="MNER on many posts: one outcome per item, per-item errors never fail the others",
+)
+async def mner_batch(body: MnerBatchRequest, predictor: PredictorDep) -> MnerBatchResponse:
+    return await predictor.mner_batch(body)
+
+
+@router.post(
+    "/v1/mre:batch",
+    responses=_ERRORS,
+    summary="MRE on many entity pairs: one outcome per item, per-item errors never fail the others",
+)
+async def mre_batch(body: MreBatchRequest, predictor: PredictorDep) -> MreBatchResponse:
+    return await predictor.mre_batch(body)
 
 
 @router.get("/healthz", summary="Liveness: the process answers")

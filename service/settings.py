@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.batch_schemas import MAX_BATCH_ITEMS
 from service.schemas import MAX_IMAGE_URLS, MAX_TEXT_CHARS, MAX_URL_CHARS, MAX_VISION_BUDGET_MS
 
 
@@ -87,6 +88,25 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(
         default=256 * 1024, ge=1024, description="Request bodies larger than this are refused with 413."
+    )
+
+    # batch routes (/v1/mner:batch, /v1/mre:batch)
+    batch_max_items: int = Field(
+        default=64,
+        ge=1,
+        le=MAX_BATCH_ITEMS,
+        description="Most items in one batch call; more is refused with 422.",
+    )
+    batch_max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Batch request bodies larger than this are refused with 413 (single posts: max_body_bytes).",
+    )
+    batch_group_size: int = Field(
+        default=16,
+        ge=1,
+        le=MAX_BATCH_ITEMS,
+        description="Posts of similar length whose text is encoded in one forward within a batch call.",
     )
 
     # vision

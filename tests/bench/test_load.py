@@ -93,9 +93,9 @@ async def test_failures_become_samples_with_their_status() -> None:
 
     request = Request("saver", 0, 0, {"text": "x", "image_urls": [], "options": {"vision": "auto"}})
     async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
-        assert (await send(client, "http://svc/mner", request)).status == 429
+        assert (await send(client, "http://svc/mner", request))[0].status == 429
     async with httpx.AsyncClient(transport=httpx.MockTransport(broken)) as client:
-        sample = await send(client, "http://svc/mner", request)
+        (sample,) = await send(client, "http://svc/mner", request)
     assert sample.status == 0 and not sample.ok and sample.text == "x"
 
 
@@ -114,3 +114,33 @@ async def test_run_load_charges_each_round_to_its_mode() -> None:
         assert runs[mode].rss_mb == 42.0
         assert runs[mode].cdn_requests == 10  # two rounds, 5 each
     assert service.visions.count("auto") > len(samples["saver"])  # warm-up requests sent but not kept
+
+
+async def test_batch_mode_sends_batch_calls_and_counts_every_post() -> None:
+    service = FakeService(delay_s=0.005)
+    paths: list[str] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        body = json.loads(request.content)
+        if "items" not in body:
+            return await service(request)
+        outcomes = []
+        for i, item in enumerate(body["items"]):
+            single = await service(httpx.Request("POST", "http://svc/mner", json=item))
+            status = 422 if i == 0 else 200  # the first post of every call fails alone
+            outcomes.append(
+                {"index": i, "status": status, "result": single.json() if status == 200 else None}
+            )
+        return httpx.Response(200, json={"items": outcomes})
+
+    config = LoadConfig(
+        modes=["saver", "saver_batch"], duration_s=0.4, round_s=0.1, warmup_s=0.0, concurrency=2, batch_size=3
+    )
+    samples, _ = await run_load("http://svc", replay(), config, transport=httpx.MockTransport(answer))
+    assert set(paths) == {"/mner", "/v1/mner:batch"}
+    batch = samples["saver_batch"]
+    assert len(batch) % 3 == 0 and batch
+    assert [s.status for s in batch[:3]] == [422, 200, 200]
+    assert all(s.units_activated == 3 for s in batch if s.ok)  # the batch posts keep their mode's vision
+    assert all(s.mode == "saver" for s in samples["saver"])

@@ -137,3 +137,48 @@ def test_mre_answers_with_its_labels(service: ServiceProcess) -> None:
 def test_metrics_name_the_trained_models(service: ServiceProcess) -> None:
     text = httpx.get(service.base_url + "/metrics", timeout=10).text
     assert "saver_model_info{" in text and 'trained="true"' in text
+
+
+def _same_entities(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    assert [(e["text"], e["type"], e["start"], e["end"]) for e in got] == [
+        (e["text"], e["type"], e["start"], e["end"]) for e in want
+    ]
+    for g, w in zip(got, want, strict=True):
+        assert g["score"] == pytest.approx(w["score"], abs=1e-5)
+        assert g["vision"]["gate"] == pytest.approx(w["vision"]["gate"], abs=1e-5)
+        assert (g["vision"]["activated"], g["vision"]["images"]) == (
+            w["vision"]["activated"],
+            w["vision"]["images"],
+        )
+
+
+def test_batch_answers_equal_single_answers(service: ServiceProcess, images: ImageServer) -> None:
+    url = images.url(images.image_paths[0])
+    items = [
+        {"text": EASY_POSTS[0][0], "image_urls": [url], "options": {"vision": "always"}},  # a real JPEG
+        {"text": EASY_POSTS[1][0]},
+        {"text": "Manchester United beat Arsenal at Old Trafford as Ronaldo scored twice in the second half"},
+        {"tokens": ["Paris", "Hilton", "in", "Paris"]},
+        {"text": "   "},  # fails alone
+    ]
+    batch = _post(service, "/v1/mner:batch", {"items": items})["items"]
+    assert [it["status"] for it in batch] == [200, 200, 200, 200, 422]
+    assert batch[0]["result"]["vision"]["fallback"] is None
+    assert any(e["vision"]["activated"] for e in batch[0]["result"]["entities"])
+    for item, body in zip(batch[:4], items[:4], strict=True):
+        _same_entities(item["result"]["entities"], _post(service, "/mner", body)["entities"])
+
+    pairs = [
+        {"text": "Barack Obama and Michelle Obama visited Chicago", "head": {"start": 0, "end": 12},
+         "tail": {"start": 17, "end": 31}},
+        {"text": "Kevin Durant joins the Warriors in Oakland", "head": {"text": "Warriors"},
+         "tail": {"text": "Oakland"}, "image_urls": [url], "options": {"vision": "always"}},
+    ]  # fmt: skip
+    answers = _post(service, "/v1/mre:batch", {"items": pairs})["items"]
+    for item, body in zip(answers, pairs, strict=True):
+        single = _post(service, "/mre", body)
+        assert item["status"] == 200 and item["result"]["relation"] == single["relation"]
+        assert [t["relation"] for t in item["result"]["top"]] == [t["relation"] for t in single["top"]]
+        for a, b in zip(item["result"]["top"], single["top"], strict=True):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+        assert item["result"]["vision"]["activated"] == single["vision"]["activated"]
