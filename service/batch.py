@@ -46,39 +46,45 @@ class ItemResult:
         return {"index": self.index, "status": self.status, "error": self.error, "result": result}
 
 
-def _prefixed(index: int, field: str | None) -> str:
+def _field_name(index: int, field: str | None, name_items: bool) -> str | None:
+    """A field of item ``index``: ``items.<i>.…`` in a batch answer, the item's own path otherwise."""
+    if not name_items:
+        return field or None
     return f"items.{index}" + (f".{field}" if field else "")
 
 
-def _invalid(index: int, exc: ValidationError) -> ItemResult:
+def _invalid(index: int, exc: ValidationError, name_items: bool) -> ItemResult:
     """The route's 422 ``validation_error`` shape, for one item."""
     details = [
         ErrorDetail(
-            field=_prefixed(index, ".".join(str(p) for p in e.get("loc", ()))), message=e.get("msg", "")
+            field=_field_name(index, ".".join(str(p) for p in e.get("loc", ())), name_items),
+            message=e.get("msg", ""),
         )
         for e in exc.errors()
     ]
     first = details[0] if details else None
-    message = f"invalid field `{first.field}`: {first.message}" if first else "invalid item"
+    message = f"invalid field `{first.field or 'body'}`: {first.message}" if first else "invalid item"
     return ItemResult(index, 422, error=ErrorBody(code="validation_error", message=message, details=details))
 
 
-def _service_error(index: int, exc: ServiceError) -> ItemResult:
-    field = _prefixed(index, exc.field)
+def _service_error(index: int, exc: ServiceError, name_items: bool) -> ItemResult:
+    field = _field_name(index, exc.field, name_items)
     details = [ErrorDetail(field=field, message=exc.message)] if exc.field else []
     return ItemResult(index, exc.status, error=ErrorBody(code=exc.code, message=exc.message, details=details))
 
 
-def _failed(index: int, exc: Exception) -> ItemResult:
+def _failed(index: int, exc: Exception, name_items: bool) -> ItemResult:
     if isinstance(exc, ServiceError):
-        return _service_error(index, exc)
+        return _service_error(index, exc, name_items)
     if isinstance(exc, ValueError):  # what the pipeline raises for an input it cannot take (e.g. no words)
-        return _service_error(index, InvalidInput(f"cannot process the post: {exc}"))
+        return _service_error(index, InvalidInput(f"cannot process the post: {exc}"), name_items)
     # like a single request's 500: the exception text stays in the log (written where it was caught)
     return ItemResult(index, 500, error=ErrorBody(code="internal_error", message="internal server error"))
 
 
-def parse_item(predictor: Predictor, task: str, index: int, raw: Any) -> BatchPost | ItemResult:
+def parse_item(
+    predictor: Predictor, task: str, index: int, raw: Any, name_items: bool = True
+) -> BatchPost | ItemResult:
     """One raw item as a post for the engine, or its error (the single route's checks, in its order)."""
     try:
         req = _REQUEST_OF[task].model_validate(raw)
@@ -87,24 +93,29 @@ def parse_item(predictor: Predictor, task: str, index: int, raw: Any) -> BatchPo
         if isinstance(req, MreRequest):
             head, tail = resolve_pair(req.text, req.tokens, req.head, req.tail)
     except ValidationError as exc:
-        return _invalid(index, exc)
+        return _invalid(index, exc, name_items)
     except ServiceError as exc:
-        return _service_error(index, exc)
+        return _service_error(index, exc, name_items)
     return BatchPost(TextRequest(req.text, req.tokens, head, tail), list(req.image_urls), req.options)
 
 
 async def run_batch(
-    predictor: Predictor, engine: TaskEngine, task: str, raw_items: Sequence[Any]
+    predictor: Predictor, engine: TaskEngine, task: str, raw_items: Sequence[Any], name_items: bool = True
 ) -> list[ItemResult]:
+    """``name_items``: error fields read ``items.<i>.…`` (the batch route); off, each item's errors name its
+    own fields, as if it had been sent alone (``saver predict``, whose lines are single bodies)."""
     limit = predictor.settings.batch_max_items
     if len(raw_items) > limit:
         raise InvalidInput(f"more than {limit} items in one batch", field="items")
-    parsed = [parse_item(predictor, task, i, raw) for i, raw in enumerate(raw_items)]
+    parsed = [parse_item(predictor, task, i, raw, name_items) for i, raw in enumerate(raw_items)]
     valid = [(i, p) for i, p in enumerate(parsed) if isinstance(p, BatchPost)]
     out: list[ItemResult] = [p for p in parsed if isinstance(p, ItemResult)]
     if valid:
         async with predictor.admitted(f"{task}_batch"):
             outcomes = await engine.infer_many([p for _, p in valid], predictor.settings.batch_group_size)
         for (i, _), outcome in zip(valid, outcomes, strict=True):
-            out.append(_failed(i, outcome) if isinstance(outcome, Exception) else ItemResult(i, 200, outcome))
+            if isinstance(outcome, Exception):
+                out.append(_failed(i, outcome, name_items))
+            else:
+                out.append(ItemResult(i, 200, outcome))
     return sorted(out, key=lambda r: r.index)

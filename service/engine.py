@@ -161,6 +161,18 @@ class TaskEngine:
         ctx = contextvars.copy_context()  # keeps the request id in log records written by the model
         return await loop.run_in_executor(self.executor, functools.partial(ctx.run, fn, *args))
 
+    def _stage_runner(self, clock: StageClock) -> StageRunner:
+        """Runs one CPU-bound stage in the executor, timed on the request's clock."""
+
+        async def stage(name: str, fn: Callable[..., T], *args: Any) -> T:
+            started = clock.now()
+            try:
+                return await self._offload(fn, *args)
+            finally:
+                clock.add(name, started, clock.now())
+
+        return stage
+
     async def infer(
         self,
         text: str | None,
@@ -171,14 +183,7 @@ class TaskEngine:
         tail: tuple[int, int] | None = None,
     ) -> Inference:
         clock = StageClock(STAGES, self.tracer, self.trace_urls)
-
-        async def stage(name: str, fn: Callable[..., T], *args: Any) -> T:
-            started = clock.now()
-            try:
-                return await self._offload(fn, *args)
-            finally:
-                clock.add(name, started, clock.now())
-
+        stage = self._stage_runner(clock)
         if self.batcher is None:
             text_result = await stage("text_encode", self.pipeline.encode_text, text, tokens, head, tail)
         else:  # the batch wait counts as text_encode time: it is what the request paid
@@ -252,14 +257,7 @@ class TaskEngine:
                 return text
 
             clock = clocks[i]
-
-            async def stage(name: str, fn: Callable[..., T], *args: Any) -> T:
-                started = clock.now()
-                try:
-                    return await self._offload(fn, *args)
-                finally:
-                    clock.add(name, started, clock.now())
-
+            stage = self._stage_runner(clock)
             try:
                 return await self.finish(text, posts[i].urls, posts[i].options, clock, stage, deadline)
             except Exception as exc:  # reported per item; the others go on

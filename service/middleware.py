@@ -28,7 +28,7 @@ INFERENCE_ENDPOINTS = {
     "/v1/mner:batch": "mner_batch",
     "/v1/mre:batch": "mre_batch",
 }
-BATCH_PATHS = frozenset({"/v1/mner:batch", "/v1/mre:batch"})
+BATCH_PATHS = frozenset(path for path, name in INFERENCE_ENDPOINTS.items() if name.endswith("_batch"))
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 

@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import logging.config
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,6 @@ from service.logs import logging_config
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-_ITEM_PREFIX = re.compile(r"^items\.\d+\.?")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,15 +56,6 @@ def _chunks(path: Path, size: int) -> Iterator[list[tuple[int, str]]]:
                 chunk = []
     if chunk:
         yield chunk
-
-
-def _unprefixed(error: dict[str, Any]) -> dict[str, Any]:
-    """A batch item's error, its fields named as in the line's own body (``text``, not ``items.3.text``)."""
-    for detail in error.get("details", []):
-        if detail.get("field"):
-            detail["field"] = _ITEM_PREFIX.sub("", detail["field"]) or None
-    error["message"] = re.sub(r"`items\.\d+\.?", "`", error.get("message", "")).replace("``", "`body`")
-    return error
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> dict[str, int]:
@@ -102,13 +90,14 @@ async def _run(args: argparse.Namespace, settings: Settings) -> dict[str, int]:
                         }
                         records[number] = {"line": number, "status": 422, "error": error}
                 if items:
-                    answer = await run(request(items=[body for _, body in items]))
+                    # each line is a single body: its errors name its own fields, not ``items.<i>.…``
+                    answer = await run(request(items=[body for _, body in items]), name_items=False)
                     for (number, _), item in zip(items, answer.items, strict=True):
                         record: dict[str, Any] = {"line": number, "status": item.status}
                         if item.result is not None:
                             record["result"] = item.result.model_dump()
                         if item.error is not None:
-                            record["error"] = _unprefixed(item.error.model_dump(exclude_none=True))
+                            record["error"] = item.error.model_dump(exclude_none=True)
                         records[number] = record
                 for number, _ in chunk:
                     record = records[number]

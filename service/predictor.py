@@ -113,20 +113,20 @@ class Predictor:
             inf = await engine.infer(req.text, req.tokens, req.image_urls, req.options, head, tail)
         return mre_response(engine, inf, started)
 
-    async def mner_batch(self, body: MnerBatchRequest) -> MnerBatchResponse:
+    async def mner_batch(self, body: MnerBatchRequest, name_items: bool = True) -> MnerBatchResponse:
         started = time.perf_counter()
         engine = self.engine("mner")
-        items = await run_batch(self, engine, "mner", body.items)
+        items = await run_batch(self, engine, "mner", body.items, name_items)
         return MnerBatchResponse(
             items=[MnerBatchItem(**item.fields(mner_response, engine, started)) for item in items],
             model=engine.info,
             timings_ms=BatchTimings(total=round((time.perf_counter() - started) * 1000.0, 3)),
         )
 
-    async def mre_batch(self, body: MreBatchRequest) -> MreBatchResponse:
+    async def mre_batch(self, body: MreBatchRequest, name_items: bool = True) -> MreBatchResponse:
         started = time.perf_counter()
         engine = self.engine("mre")
-        items = await run_batch(self, engine, "mre", body.items)
+        items = await run_batch(self, engine, "mre", body.items, name_items)
         return MreBatchResponse(
             items=[MreBatchItem(**item.fields(mre_response, engine, started)) for item in items],
             model=engine.info,
