@@ -6,6 +6,7 @@
     saver bench ... --target http://host:8000 [--service-pid PID]     # an already running service
     saver bench ... --batch-size 32                 # also each mode through POST /v1/mner:batch
     saver bench floor --out DIR [--flame F.svg]     # the text path against the bare encoder (bench/floor.py)
+    saver bench feature-cache --out DIR             # training's image-feature cache per epoch (bench/feature_cache.py)
 
 Starts a CDN stand-in on 127.0.0.1 (real-size JPEGs, 80 ± 20 ms to first byte) and, unless ``--target``
 is given, ``saver serve``; replays the posts (1–4 images each) in short rounds cycling the modes
@@ -323,6 +324,11 @@ def main(argv: list[str] | None = None) -> None:
         from bench.floor import main as floor_main
 
         floor_main(argv[1:])
+        return
+    if argv and argv[0] == "feature-cache":  # `saver bench feature-cache`: training's image-feature cache
+        from bench.feature_cache import main as feature_cache_main
+
+        feature_cache_main(argv[1:])
         return
     logging.basicConfig(
         level=os.environ.get("SAVER_LOG_LEVEL", "INFO").upper(),
