@@ -34,9 +34,10 @@ class GroundabilityGate(nn.Module):
         its own columns of the first layer at its own shape, so a part shared by many units (the post's
         context, (B, 1, H) against (B, U, ·)) is projected once per post, not once per unit."""
         first = self.mlp[0]
+        assert isinstance(first, nn.Linear)
         # the feature widths are fixed by the model: as constants the weight split folds away in a graph
         blocks = first.weight.split([int(p.shape[-1]) for p in parts], dim=1)
-        pre = first.bias
+        pre: torch.Tensor = first.bias
         for part, block in zip(parts, blocks, strict=True):
             pre = pre + F.linear(part, block)
         return self.mlp[2](self.mlp[1](pre)).squeeze(-1)

@@ -15,6 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _linear(module: nn.Module) -> nn.Linear:
+    assert isinstance(module, nn.Linear)
+    return module
+
+
 @dataclass
 class RouteOutput:
     scores: torch.Tensor  # (A, C)
@@ -97,9 +102,9 @@ class EnergyHead(nn.Module):
         path, so only the first d input columns of their first layers matter; those, the text MLP's first
         layer and the router are one (d -> d + E + E·hidden) matmul; the experts' second layers are one
         matmul over the mix-weighted hidden units, (Σ_e m_e·(W_e h_e + b_e) = [m_e h_e]_e · [W_e]_e + m·b)."""
-        router, d = self.router, self.text[1].in_features  # a module size: a constant in a traced graph
-        experts = [(e[0], e[1], e[2]) for e in router.experts]  # (Linear, activation, Linear) each
-        text_in, text_act, text_out = self.text[1], self.text[2], self.text[3]
+        router, text_in, text_act, text_out = self.router, _linear(self.text[1]), self.text[2], self.text[3]
+        d = text_in.in_features  # a module size: a constant in a traced graph
+        experts = [(_linear(e[0]), e[1], _linear(e[2])) for e in router.experts]  # type: ignore[index]
         n_experts, hidden = len(experts), experts[0][0].out_features
         first = torch.cat(
             [text_in.weight, router.router.weight[:, :d], *(e[0].weight[:, :d] for e in experts)]

@@ -45,6 +45,7 @@ class SpanRepresentation(nn.Module):
         width = (spans[..., 1] - spans[..., 0]).clamp(1, self.max_width)
         # sizes from the modules, not the tensors: constants in a traced graph, so the splits fold away
         linear, wd = self.proj[0], self.width_embedding.embedding_dim
+        assert isinstance(linear, nn.Linear)
         k = (linear.in_features - wd) // 3
         w_start, w_end, w_pool, w_width = linear.weight.split([k, k, k, wd], dim=1)
         at_start = gather_rows(F.linear(words, w_start), start)  # (B, U, d)
