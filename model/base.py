@@ -126,7 +126,13 @@ class SaverBase(nn.Module):
     ) -> torch.Tensor:
         """(..., d), (..., C), (..., H) -> (..., d + C + H). The label distribution is detached: the gate's
         loss must not bend the text path's scores."""
-        return torch.cat([units, torch.softmax(text_logits.detach(), dim=-1), context], dim=-1)
+        return torch.cat(self.gate_parts(units, text_logits, context), dim=-1)
+
+    def gate_parts(
+        self, units: torch.Tensor, text_logits: torch.Tensor, context: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """``gate_features`` before the concatenation, for ``GroundabilityGate.forward_parts``."""
+        return [units, torch.softmax(text_logits.detach(), dim=-1), context]
 
     def gate_probability(self, gate_logit: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:
         """g(u) from the gate MLP's logit: its probability, times a power of the text path's confidence

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 VisionMode = Literal["auto", "always", "never"]
@@ -26,6 +28,19 @@ class GroundabilityGate(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features (..., D_in) -> gate logits (...)."""
         return self.mlp(features).squeeze(-1)
+
+    def forward_parts(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``forward(torch.cat(parts, -1))`` for parts that broadcast against each other: each part meets
+        its own columns of the first layer at its own shape, so a part shared by many units (the post's
+        context, (B, 1, H) against (B, U, ·)) is projected once per post, not once per unit."""
+        first = self.mlp[0]
+        assert isinstance(first, nn.Linear)
+        # the feature widths are fixed by the model: as constants the weight split folds away in a graph
+        blocks = first.weight.split([int(p.shape[-1]) for p in parts], dim=1)
+        pre: torch.Tensor = first.bias
+        for part, block in zip(parts, blocks, strict=True):
+            pre = pre + F.linear(part, block)
+        return self.mlp[2](self.mlp[1](pre)).squeeze(-1)
 
 
 class PairGate(nn.Module):

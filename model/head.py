@@ -15,6 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _linear(module: nn.Module) -> nn.Linear:
+    assert isinstance(module, nn.Linear)
+    return module
+
+
 @dataclass
 class RouteOutput:
     scores: torch.Tensor  # (A, C)
@@ -91,17 +96,33 @@ class EnergyHead(nn.Module):
         """``text_scores(units).scores`` for units of any leading shape, computed densely: every expert on
         every unit, weighted by the router's renormalised top-k probabilities (zero elsewhere). Same
         numbers, without the data-dependent ``nonzero`` of the sparse router, which a traced graph would
-        freeze."""
-        router = self.router
-        x = torch.cat([units, torch.zeros_like(units)], dim=-1)  # (..., 2d)
-        probs = torch.softmax(router.router(x), dim=-1)  # (..., E)
+        freeze.
+
+        Written for speed with the same weights: the router and the experts see [units; 0] on the text
+        path, so only the first d input columns of their first layers matter; those, the text MLP's first
+        layer and the router are one (d -> d + E + E·hidden) matmul; the experts' second layers are one
+        matmul over the mix-weighted hidden units, (Σ_e m_e·(W_e h_e + b_e) = [m_e h_e]_e · [W_e]_e + m·b)."""
+        router, text_in, text_act, text_out = self.router, _linear(self.text[1]), self.text[2], self.text[3]
+        d = text_in.in_features  # a module size: a constant in a traced graph
+        experts = [(_linear(e[0]), e[1], _linear(e[2])) for e in router.experts]  # type: ignore[index]
+        n_experts, hidden = len(experts), experts[0][0].out_features
+        first = torch.cat(
+            [text_in.weight, router.router.weight[:, :d], *(e[0].weight[:, :d] for e in experts)]
+        )  # (d + E + E·hidden, d)
+        first_bias = torch.cat([text_in.bias, router.router.bias, *(e[0].bias for e in experts)])
+        t, r, x = F.linear(units, first, first_bias).split(
+            [text_in.out_features, n_experts, n_experts * hidden], -1
+        )
+        probs = torch.softmax(r, dim=-1)  # (..., E)
         top_p, top_i = probs.topk(router.top_k, dim=-1)  # (..., k)
         weights = top_p / top_p.sum(-1, keepdim=True)
-        n_experts = len(router.experts)
-        one_hot = (top_i.unsqueeze(-1) == torch.arange(n_experts, device=x.device)).to(x.dtype)  # (..., k, E)
+        one_hot = (top_i.unsqueeze(-1) == torch.arange(n_experts, device=units.device)).to(units.dtype)
         mix = (one_hot * weights.unsqueeze(-1)).sum(-2)  # (..., E)
-        experts = torch.stack([expert(x) for expert in router.experts], dim=-2)  # (..., E, C)
-        return self.text(units) + (mix.unsqueeze(-1) * experts).sum(-2)
+        h = experts[0][1](x).unflatten(-1, (n_experts, hidden)) * mix.unsqueeze(-1)  # (..., E, hidden)
+        second = torch.cat([e[2].weight for e in experts], dim=1)  # (C, E·hidden)
+        second_bias = torch.stack([e[2].bias for e in experts])  # (E, C)
+        routed = F.linear(h.flatten(-2), second) + mix @ second_bias  # (..., C)
+        return text_out(text_act(t)) + routed
 
     def forward(self, units: torch.Tensor, evidence: torch.Tensor, gamma: torch.Tensor) -> HeadOutput:
         """units (A, D), evidence (A, D), gamma (A,) in {0, 1} (float, may carry straight-through grads)."""

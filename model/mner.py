@@ -86,8 +86,8 @@ class MnerModel(SaverBase):
         -> units (B, U, d), gate probabilities (B, U), text logits (B, U, C)."""
         reps = self.span_rep(vectors, spans)
         logits = self.head.text_scores_dense(reps)
-        context = mean_word_vector(vectors, word_mask).unsqueeze(1).expand(-1, reps.size(1), -1)
-        gate = self.gate_probability(self.gate(self.gate_features(reps, logits, context)), logits)
+        context = mean_word_vector(vectors, word_mask).unsqueeze(1)  # (B, 1, H): once per post, broadcast
+        gate = self.gate_probability(self.gate.forward_parts(self.gate_parts(reps, logits, context)), logits)
         return reps, gate, logits
 
     def text_units_for(self, words: list[list[str]], pairs: list[Pair] | None = None) -> TextUnits:
@@ -97,8 +97,11 @@ class MnerModel(SaverBase):
         return self.text_units(words)
 
     def graph_spans(self, word_mask: torch.Tensor, n: int, pairs: list[Pair] | None) -> torch.Tensor:
-        """The exported text graph's ``spans`` input: every span slot of the padded word axis (B, U, 2)."""
-        grid, _ = span_grid(word_mask.sum(1), n, self.cfg.max_span_width)
+        """The exported text graph's ``spans`` input (B, U, 2): the span slots that fit the batch's longest
+        post. Slots running past every post's end would be computed and thrown away (a post of N words
+        has N·W slots but N·W - W(W-1)/2 spans); ``from_graph`` keeps each post's own valid ones."""
+        grid, valid = span_grid(word_mask.sum(1), n, self.cfg.max_span_width)
+        grid = grid[valid.any(0)]
         return grid.unsqueeze(0).expand(word_mask.size(0), -1, -1)
 
     def graph_example_spans(self, n_words: int) -> tuple[torch.Tensor, bool]:

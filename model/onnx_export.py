@@ -34,7 +34,7 @@ from model.vision.backbone import Tier, VisionBackbone
 log = logging.getLogger(__name__)
 
 # Bump when the graphs' inputs, outputs or semantics change: old cached graphs then stop matching.
-GRAPH_FORMAT = 2
+GRAPH_FORMAT = 3
 OPSET = 17
 MANIFEST = "manifest.json"
 TEXT_GRAPH = "text.onnx"

@@ -89,6 +89,10 @@ def _new_session(path: Path, threads: int | None) -> ort.InferenceSession:
     options.intra_op_num_threads = threads or available_cpus()
     options.inter_op_num_threads = 1  # the graphs are one chain of ops; parallelism lives inside each op
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no busy-waiting between ops or after a run: on a few cores the spinning pool steals the CPU from the
+    # Python work around each run (tokenising, decoding, HTTP) and from the other sessions (measured in
+    # README, issue 13: P50 and P90 both lower with spinning off)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=providers())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,7 +22,12 @@ def span_grid(lengths: torch.Tensor, n_words: int, max_width: int) -> tuple[torc
 
 
 class SpanRepresentation(nn.Module):
-    """[h_start; h_end; max-pool; width embedding] projected to ``d_model``."""
+    """[h_start; h_end; max-pool; width embedding] projected to ``d_model``.
+
+    The projection's first Linear is applied in its factored form, ``A·h_start + B·h_end + C·pool + D·w + b``
+    (the same weights, split by input block): the start and end terms are projected once per word and then
+    gathered, the width term is a (W + 1, d) table, so only the max-pool term costs a matmul per span. An
+    MNER post has about N·W spans but N words, so this is most of the span stage's arithmetic saved."""
 
     def __init__(self, in_dim: int, d_model: int, max_width: int, width_dim: int, dropout: float) -> None:
         super().__init__()
@@ -33,27 +39,42 @@ class SpanRepresentation(nn.Module):
 
     def forward(self, words: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
         """words (B, N, H); spans (B, U, 2) word offsets, end exclusive, in range -> (B, U, d_model)."""
-        _, n, h = words.shape
+        n = words.size(1)
         start = spans[..., 0].clamp(0, n - 1)
         end = (spans[..., 1] - 1).clamp(0, n - 1)
         width = (spans[..., 1] - spans[..., 0]).clamp(1, self.max_width)
-        h_start = torch.gather(words, 1, start.unsqueeze(-1).expand(-1, -1, h))
-        h_end = torch.gather(words, 1, end.unsqueeze(-1).expand(-1, -1, h))
-        pooled = self._max_pool(words, start, width)
-        rep = torch.cat([h_start, h_end, pooled, self.width_embedding(width)], dim=-1)
-        return self.proj(rep)
+        # sizes from the modules, not the tensors: constants in a traced graph, so the splits fold away
+        linear, wd = self.proj[0], self.width_embedding.embedding_dim
+        assert isinstance(linear, nn.Linear)
+        k = (linear.in_features - wd) // 3
+        w_start, w_end, w_pool, w_width = linear.weight.split([k, k, k, wd], dim=1)
+        at_start = gather_rows(F.linear(words, w_start), start)  # (B, U, d)
+        at_end = gather_rows(F.linear(words, w_end), end)
+        width_table = F.linear(
+            self.width_embedding.weight, w_width, linear.bias
+        )  # (W + 1, d), bias folded in
+        pre = at_start + at_end + F.linear(self._max_pool(words, start, width), w_pool) + width_table[width]
+        return self.proj[1:](pre)
 
     def _max_pool(self, words: torch.Tensor, start: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
-        # running[w-1][b, i] = max(words[b, i : i + w]) for every start at once: W small maxes instead of U loops
-        b, n, h = words.shape
+        # running[w-1][b, i] = max(words[b, i : i + w]) for every start at once: W small maxes instead of U
+        # loops. Past the last word the window reads padding rows; only spans that end in range are used.
+        n, w_max = words.size(1), self.max_width
+        padded = torch.cat([words, words[:, -1:].expand(-1, w_max - 1, -1)], dim=1)  # (B, N + W - 1, H)
         running = [words]
-        for w in range(1, self.max_width):
-            shifted = torch.cat([words[:, w:], words[:, -1:].expand(-1, min(w, n), -1)], dim=1)
-            running.append(torch.maximum(running[-1], shifted))
-        table = torch.stack(running, dim=2)  # (B, N, W, H)
-        flat = table.reshape(b, n * self.max_width, h)
-        index = (start * self.max_width + (width - 1)).unsqueeze(-1).expand(-1, -1, h)
-        return torch.gather(flat, 1, index)
+        for w in range(1, w_max):
+            running.append(torch.maximum(running[-1], padded[:, w : w + n]))
+        table = torch.stack(running, dim=2).flatten(1, 2)  # (B, N·W, H): slot i·W + (w - 1)
+        return gather_rows(table, start * w_max + (width - 1))
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, N, D), index (B, U) in [0, N) -> (B, U, D) with out[b, u] = x[b, index[b, u]]. As one row
+    gather over the flattened batch, a traced graph gets a Gather of rows, not a GatherElements whose
+    index must be expanded to the full (B, U, D) output."""
+    b, n = x.size(0), x.size(1)
+    offset = torch.arange(b, device=x.device).unsqueeze(1) * n  # (B, 1)
+    return x.flatten(0, 1)[index + offset]
 
 
 class PairRepresentation(nn.Module):
