@@ -342,24 +342,3 @@ def ensure_evidence_graph(encoder: TextEncoder, directory: Path, key: str | None
         graphs.record(EVIDENCE_GRAPH, key)
         found = directory / EVIDENCE_GRAPH
     return found
-
-
-def export_graphs(
-    model: SaverBase, backbone: VisionBackbone, directory: Path, quantize: bool = False
-) -> None:
-    """Everything the ONNX backend needs, into one directory (``saver export --onnx``)."""
-    key = text_graph_key(model)
-    ensure_text_graph(model, directory, quantize=False, key=key)
-    if quantize:
-        ensure_text_graph(model, directory, quantize=True, key=key)
-    ensure_tier_graphs(backbone, directory)
-    if "text" in model.cfg.evidence_channels:
-        ensure_evidence_graph(model.encoder, directory)
-
-
-def find_graph_dir(key: str, name: str, candidates: list[Path]) -> Path | None:
-    """The first of ``candidates`` holding graph ``name`` built for ``key``."""
-    for directory in candidates:
-        if GraphDir(directory).graph(name, key) is not None:
-            return directory
-    return None

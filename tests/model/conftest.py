@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -122,6 +123,9 @@ class FakeBackbone(VisionBackbone):
 
     def weight_files(self) -> list[Path]:
         return []
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": "fixed-seed-1234"}  # no weight files to hash
 
     @property
     def tag_vocabulary(self) -> list[str]:
