@@ -358,7 +358,11 @@ def _tokenizer(path: Path, record: dict[str, Any], max_length: int) -> Tokenizer
 
 
 def torch_available() -> bool:
-    return importlib.util.find_spec("torch") is not None
+    """Whether torch could be imported to build graphs (without importing it)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a blocked or broken installation counts as absent
+        return False
 
 
 def load_onnx_pipeline(task: str, artifacts: Path, options: OnnxOptions | None = None) -> OnnxPipeline:
