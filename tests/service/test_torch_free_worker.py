@@ -19,12 +19,12 @@ from bench.service_process import ServiceProcess, start_service
 from model.image_decode import bounded_upright_rgb
 from model.loading import load_pipeline
 from model.onnx_stages import build_artifact_bundle
-from model.pipeline import MnerResult, MreResult, SaverPipeline, TextRequest
+from model.pipeline import MnerResult, MreResult, SaverPipeline, Task, TextRequest, VisionMode
 from model.runner import run_pipeline
 from tests.service.imageserver import ImageServer, start_image_server
 
 REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = {"mner": REPO / "artifacts/mner", "mre": REPO / "artifacts/mre"}
+ARTIFACTS: dict[Task, Path] = {"mner": REPO / "artifacts/mner", "mre": REPO / "artifacts/mre"}
 BLOCKER = Path(__file__).resolve().parent / "torch_blocker"
 GRAPHS = REPO / ".cache/onnx"  # the default cache: `make serve` and the shipped-artifacts test share it
 ATOL = 1e-4
@@ -32,7 +32,7 @@ MNER_POSTS = [
     "Barack Obama spoke in Chicago on Monday",
     "RT @nytimes : Taylor Swift performs in London tonight 🎤 https://t.co/x",
 ]
-MRE_POST = {"text": "Barack Obama and Michelle Obama visited Chicago", "head": (0, 2), "tail": (3, 5)}
+MRE_TEXT, MRE_HEAD, MRE_TAIL = "Barack Obama and Michelle Obama visited Chicago", (0, 2), (3, 5)
 
 
 def _env(graphs: Path, blocked_log: Path) -> dict[str, str]:
@@ -126,16 +126,19 @@ def test_forced_vision_on_a_real_jpeg_equals_torch(
 
 @pytest.mark.parametrize("vision", ["never", "always"])
 def test_mre_equals_torch(
-    lean: tuple[ServiceProcess, Path], reference: dict[str, SaverPipeline], images: ImageServer, vision: str
+    lean: tuple[ServiceProcess, Path],
+    reference: dict[str, SaverPipeline],
+    images: ImageServer,
+    vision: VisionMode,
 ) -> None:
     path = images.image_paths[0]
-    text, (hs, he), (ts, te) = str(MRE_POST["text"]), MRE_POST["head"], MRE_POST["tail"]
+    text, (hs, he), (ts, te) = MRE_TEXT, MRE_HEAD, MRE_TAIL
     words = text.split()
     char = [sum(len(w) + 1 for w in words[:i]) for i in range(len(words) + 1)]
     body = {
         "text": text,
-        "head": {"start": char[hs], "end": char[he] - 1},  # type: ignore[index]
-        "tail": {"start": char[ts], "end": char[te] - 1},  # type: ignore[index]
+        "head": {"start": char[hs], "end": char[he] - 1},
+        "tail": {"start": char[ts], "end": char[te] - 1},
         "image_urls": [images.url(path)],
         "options": {"vision": vision},
     }
