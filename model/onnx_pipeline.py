@@ -39,6 +39,7 @@ from model.artifact_files import (
     threshold_from_calibration,
 )
 from model.graph_bundle import DEFAULT_CACHE_DIR, EXPORT_COMMAND, Bundle, OnnxOptions, find_bundle
+from model.heap import release_freed_heap
 from model.pipeline import (
     DetailedImage,
     MnerResult,
@@ -94,19 +95,22 @@ _SESSIONS: weakref.WeakValueDictionary[tuple[str, int | None], ort.InferenceSess
 _SESSIONS_LOCK = threading.Lock()
 
 
-def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+def make_session(path: Path, threads: int | None = None, arena: bool = True) -> ort.InferenceSession:
     """One session per graph file and thread count in the process: the MNER and MRE pipelines share the
-    vision and evidence-text graphs (``run`` is thread-safe), so their weights are held once."""
+    vision and evidence-text graphs (``run`` is thread-safe), so their weights are held once. ``arena``
+    False: activations are freed after each run instead of kept for the next (the rarely run, large
+    vision tiers)."""
     key = (str(path.resolve()), threads)
     with _SESSIONS_LOCK:
         session = _SESSIONS.get(key)
         if session is None:
-            session = _SESSIONS[key] = _new_session(path, threads)
+            session = _SESSIONS[key] = _new_session(path, threads, arena)
         return session
 
 
-def _new_session(path: Path, threads: int | None) -> ort.InferenceSession:
+def _new_session(path: Path, threads: int | None, arena: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = arena
     options.intra_op_num_threads = threads or available_cpus()
     options.inter_op_num_threads = 1  # the graphs are one chain of ops; parallelism lives inside each op
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -239,7 +243,7 @@ class OnnxPipeline:
         # built on first use: a text-only deployment never pays for the image model
         with self._tiers_lock:
             if tier not in self._tiers:
-                self._tiers[tier] = make_session(self.bundle.vision_graph(tier), self.threads)
+                self._tiers[tier] = make_session(self.bundle.vision_graph(tier), self.threads, arena=False)
             return self._tiers[tier]
 
     def _encode_images(self, tier: str, images: list[Image.Image]) -> list[np.ndarray]:
@@ -444,6 +448,7 @@ def onnx_pipeline(
 
 
 def _log_ready(pipeline: OnnxPipeline, started: float) -> None:
+    release_freed_heap()
     log.info(
         "ONNX Runtime %s pipeline ready in %.1f s from %s (providers %s)",
         pipeline.task,
