@@ -7,6 +7,7 @@
     saver bench ... --batch-size 32                 # also each mode through POST /v1/mner:batch
     saver bench floor --out DIR [--flame F.svg]     # the text path against the bare encoder (bench/floor.py)
     saver bench feature-cache --out DIR             # training's image-feature cache per epoch (bench/feature_cache.py)
+    saver bench memory --out DIR                   # one worker's RSS and time to ready per backend
 
 Starts a CDN stand-in on 127.0.0.1 (real-size JPEGs, 80 ± 20 ms to first byte) and, unless ``--target``
 is given, ``saver serve``; replays the posts (1–4 images each) in short rounds cycling the modes
@@ -320,6 +321,11 @@ def build_report(
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "memory":  # `saver bench memory`: RSS and time to ready per backend
+        from bench.memory import main as memory_main
+
+        memory_main(argv[1:])
+        return
     if argv and argv[0] == "floor":  # `saver bench floor`: the text path against the bare encoder
         from bench.floor import main as floor_main
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from model.artifact_files import WEIGHTS, ArtifactError, read_json, threshold_from_calibration
 from model.base import SaverBase
 from model.config import SaverConfig
 from model.mner import MnerModel
@@ -21,11 +21,17 @@ from model.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "weights.safetensors"
-
-
-class ArtifactError(RuntimeError):
-    """Missing or corrupt artifacts: the service reports it and stays not-ready instead of crash-looping."""
+__all__ = [
+    "WEIGHTS",
+    "ArtifactError",
+    "ArtifactInfo",
+    "build_model",
+    "load_artifacts",
+    "read_json",
+    "save_artifacts",
+    "stored_state",
+    "threshold_from_calibration",
+]
 
 
 @dataclass
@@ -52,17 +58,6 @@ def stored_state(model: SaverBase) -> dict[str, torch.Tensor]:
     }
 
 
-def threshold_from_calibration(calibration: dict[str, Any]) -> float:
-    """τ of a ``calibration.json`` record; +inf for "never activate". Without any calibration (an
-    untrained or hand-built model) the gate's midpoint 0.5 is used, and such a model says it is not
-    calibrated wherever it is described."""
-    if not calibration:
-        return 0.5
-    if calibration.get("never_activate") or calibration.get("tau") is None:
-        return math.inf
-    return float(calibration["tau"])
-
-
 def save_artifacts(model: SaverBase, out: Path, info: ArtifactInfo) -> None:
     out.mkdir(parents=True, exist_ok=True)
     config = {
@@ -79,16 +74,6 @@ def save_artifacts(model: SaverBase, out: Path, info: ArtifactInfo) -> None:
         (out / "calibration.json").write_text(json.dumps(info.calibration, indent=2) + "\n")
     if info.metrics:
         (out / "metrics.json").write_text(json.dumps(info.metrics, indent=2) + "\n")
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} must hold a JSON object")
-    return data
 
 
 def load_artifacts(path: Path, encoder: TextEncoder | None = None) -> tuple[SaverBase, ArtifactInfo]:

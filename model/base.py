@@ -20,14 +20,15 @@ from torch import nn
 
 from model.config import SaverConfig
 from model.evidence import EvidenceEncoder, PostEvidence
-from model.gate import GroundabilityGate, VisionMode, gate_decision
+from model.gate import GroundabilityGate, VisionMode
 from model.head import EnergyHead, HeadOutput
 from model.pipeline import MnerResult, MreResult, Pair, TextResult
-from model.selector import select_evidence
+from model.selector import select_for_queries
 from model.set_transformer import SetPooler
 from model.text_encoder import TextEncoder
 
 NEVER = math.inf  # the threshold that never activates vision
+VISION_MODES: tuple[VisionMode, ...] = ("auto", "always", "never")  # the decide graph's ``mode`` indices
 
 
 @dataclass
@@ -201,10 +202,19 @@ class SaverBase(nn.Module):
     # --- decisions ----------------------------------------------------------------------------------
     def decide(self, text: TextUnits, threshold: float, mode: VisionMode) -> torch.Tensor:
         """(A,) bool γ(u): ``always`` all units, ``never`` none, ``auto`` the eligible units with g ≥ τ."""
-        gamma = gate_decision(text.gate, threshold, mode)
-        if mode == "auto":
-            gamma = gamma & self.eligible(text.text_logits)
-        return gamma
+        if mode not in VISION_MODES:
+            raise ValueError(f"unknown vision mode {mode!r}")
+        tau = torch.tensor(threshold, dtype=text.gate.dtype, device=text.gate.device)
+        return self.decide_tensors(text.gate, text.text_logits, tau, torch.tensor(VISION_MODES.index(mode)))
+
+    def decide_tensors(
+        self, gate: torch.Tensor, text_logits: torch.Tensor, threshold: torch.Tensor, mode: torch.Tensor
+    ) -> torch.Tensor:
+        """``decide`` on tensors, as the ONNX decide graph is traced: gate (A,), text_logits (A, C),
+        threshold () (inf never activates), mode () index into ``VISION_MODES``."""
+        # ``gate_decision``'s rule, on a threshold tensor (τ = inf compares false everywhere)
+        auto = (gate >= threshold) & self.eligible(text_logits)
+        return (mode == 1) | ((mode == 0) & auto)  # always, or auto and the rule (never: neither)
 
     def training_decisions(
         self, text: TextUnits, has_evidence: torch.Tensor, schedule: GateSchedule
@@ -228,17 +238,12 @@ class SaverBase(nn.Module):
     # --- selection and evidence pooling -------------------------------------------------------------
     def select(self, queries: torch.Tensor, items: torch.Tensor) -> list[list[int]]:
         """Per unit query (A, d) against a post's item vectors (M, d)."""
-        m, k = items.size(0), self.cfg.select_k
-        if m <= k:  # F is monotone: with room for every item, greedy takes them all
-            return [list(range(m))] * queries.size(0)
+        cfg = self.cfg
         q = queries.detach().float().cpu().numpy()
         it = items.detach().float().cpu().numpy()
-        return [
-            select_evidence(
-                q[a], it, k, self.cfg.selector, self.cfg.lambda_relevance, self.cfg.lambda_coverage
-            )
-            for a in range(len(q))
-        ]
+        return select_for_queries(
+            q, it, cfg.select_k, cfg.selector, cfg.lambda_relevance, cfg.lambda_coverage
+        )
 
     def select_units(self, units: torch.Tensor, items: torch.Tensor) -> list[list[int]]:
         """Units (A, d) of one post against that post's screened item vectors (M, d)."""
@@ -279,6 +284,31 @@ class SaverBase(nn.Module):
                 0, torch.tensor(members, device=out.device), self.pooler(tokens).to(out.dtype)
             )
         return out, chosen
+
+    def fuse_units(
+        self,
+        units: torch.Tensor,
+        selected: torch.Tensor,
+        valid: torch.Tensor,
+        text: torch.Tensor | None,
+        image: torch.Tensor | None,
+        regions: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``score``'s vision path for activated units in one padded batch, as the ONNX fuse graph is
+        traced: units (A, d); selected (A, K) indices into a post's I detail-encoded images, valid (A, K)
+        which of them are real (each unit has at least one); the images' evidence text (I, H), image
+        (I, D_v) and regions (I, R, D_v) as the config's channels have them -> forced-vision logits (A, C).
+        Selection, tokens, Set Transformer and head are the methods ``score`` runs, on padded sets."""
+        ev = self.evidence.uses(PostEvidence(text=text, image=image, regions=regions))
+        queries = self.head.query(units)
+        items = self.evidence.items(ev)[selected]  # (A, K, d)
+        region_tokens = None if ev.regions is None else self.evidence.regions(ev.regions)[selected]
+        tokens = self.evidence.unit_tokens(items, region_tokens, queries, self.cfg.top_regions)
+        top = self.cfg.top_regions
+        per_item = 0 if region_tokens is None or top <= 0 else min(top, region_tokens.size(2))  # R' per item
+        pad = ~torch.cat([valid, valid.repeat_interleave(per_item, dim=1)], dim=1)  # (A, T) True = padding
+        e = self.pooler(tokens, pad)
+        return self.head(units, e, torch.ones(units.size(0), dtype=units.dtype), dense=True).logits
 
     @staticmethod
     def has_evidence(text: TextUnits, evidence: list[PostEvidence | None]) -> torch.Tensor:

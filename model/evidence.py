@@ -77,16 +77,32 @@ class EvidenceEncoder(nn.Module):
     def tokens(
         self, evidence: PostEvidence, selected: list[int], queries: torch.Tensor, top_regions: int
     ) -> torch.Tensor:
-        """Tokens for a group of units sharing one selection: (n_units, T, d) with T = k (1 + R)."""
+        """Tokens for a group of units sharing one selection: (n_units, T, d) with T = k (1 + R')."""
         ev = self.uses(evidence)
+        n = queries.size(0)
         items = self.items(ev)[selected]  # (k, d)
-        tokens = items.unsqueeze(0).expand(queries.size(0), -1, -1)
-        if ev.regions is None or top_regions <= 0:
-            return tokens
-        regions = self.norm(self.image_proj(ev.regions[selected]) + self.kind.weight[1])  # (k, R, d)
-        k, r, d = regions.shape
-        scores = F.normalize(queries, dim=-1) @ F.normalize(regions.reshape(k * r, d), dim=-1).t()  # (n, k*R)
-        top = scores.view(-1, k, r).topk(min(top_regions, r), dim=-1).indices  # (n, k, R')
-        flat = (top + torch.arange(k, device=top.device).view(1, k, 1) * r).flatten(1)  # (n, k*R')
-        picked = regions.reshape(k * r, d)[flat]  # (n, k*R', d)
-        return torch.cat([tokens, picked], dim=1)
+        regions = None if ev.regions is None else self.regions(ev.regions[selected])  # (k, R, d)
+        return self.unit_tokens(
+            items.unsqueeze(0).expand(n, -1, -1),
+            None if regions is None else regions.unsqueeze(0).expand(n, -1, -1, -1),
+            queries,
+            top_regions,
+        )
+
+    def regions(self, regions: torch.Tensor) -> torch.Tensor:
+        """(..., R, D_v) region vectors -> (..., R, d) region tokens."""
+        return self.norm(self.image_proj(regions) + self.kind.weight[1])
+
+    def unit_tokens(
+        self, items: torch.Tensor, regions: torch.Tensor | None, queries: torch.Tensor, top_regions: int
+    ) -> torch.Tensor:
+        """Per unit: its k item tokens (A, k, d), then of each item's region tokens (A, k, R, d) the R' most
+        like the unit's query (A, d) -> (A, k + k R', d), items first, then regions item by item."""
+        if regions is None or top_regions <= 0:
+            return items
+        r, d = regions.shape[2], regions.shape[3]
+        q = F.normalize(queries, dim=-1)[:, None, None, :]
+        scores = (q * F.normalize(regions, dim=-1)).sum(-1)  # (A, k, R) cosines
+        top = scores.topk(min(top_regions, r), dim=-1).indices  # (A, k, R')
+        picked = torch.gather(regions, 2, top.unsqueeze(-1).expand(-1, -1, -1, d))  # (A, k, R', d)
+        return torch.cat([items, picked.flatten(1, 2)], dim=1)

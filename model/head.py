@@ -58,6 +58,18 @@ class SparseExpertRouter(nn.Module):
         importance = probs.mean(0) if x.size(0) else probs.new_zeros(n_experts)
         return RouteOutput(out, n_experts * (dispatch * importance).sum())
 
+    def dense(self, x: torch.Tensor) -> RouteOutput:
+        """``forward(x).scores`` for x of any leading shape, computed densely: every expert on every row,
+        weighted by the renormalised top-k probabilities (zero elsewhere). Same numbers, without the
+        data-dependent ``nonzero``, which a traced graph would freeze; no balance loss (not for training)."""
+        probs = F.softmax(self.router(x), dim=-1)  # (..., E)
+        top_p, top_i = probs.topk(self.top_k, dim=-1)  # (..., k)
+        weights = top_p / top_p.sum(-1, keepdim=True)
+        one_hot = (top_i.unsqueeze(-1) == torch.arange(len(self.experts), device=x.device)).to(x.dtype)
+        mix = (one_hot * weights.unsqueeze(-1)).sum(-2)  # (..., E)
+        experts = torch.stack([expert(x) for expert in self.experts], dim=-2)  # (..., E, C)
+        return RouteOutput((mix.unsqueeze(-1) * experts).sum(-2), x.new_zeros(()))
+
 
 @dataclass
 class HeadOutput:
@@ -124,13 +136,17 @@ class EnergyHead(nn.Module):
         routed = F.linear(h.flatten(-2), second) + mix @ second_bias  # (..., C)
         return text_out(text_act(t)) + routed
 
-    def forward(self, units: torch.Tensor, evidence: torch.Tensor, gamma: torch.Tensor) -> HeadOutput:
-        """units (A, D), evidence (A, D), gamma (A,) in {0, 1} (float, may carry straight-through grads)."""
+    def forward(
+        self, units: torch.Tensor, evidence: torch.Tensor, gamma: torch.Tensor, dense: bool = False
+    ) -> HeadOutput:
+        """units (A, D), evidence (A, D), gamma (A,) in {0, 1} (float, may carry straight-through grads).
+        ``dense``: the router's traceable form (the ONNX fuse graph), same scores."""
         g = gamma.unsqueeze(-1)
         ge = g * evidence
         consistency = F.cosine_similarity(self.query(units), evidence, dim=-1) * gamma  # (A,)
         vis = self.vision(torch.cat([units, evidence, units * evidence], dim=-1))
-        route = self.router(torch.cat([units, ge], dim=-1))
+        x = torch.cat([units, ge], dim=-1)
+        route = self.router.dense(x) if dense else self.router(x)
         s_text = self.text(units)
         logits = s_text + g * vis + consistency.unsqueeze(-1) * self.beta + route.scores
         return HeadOutput(logits, consistency, route.balance_loss)

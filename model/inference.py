@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from model.answer import ANSWERS, evidence_text, request_pairs, request_words, softmax, used_images
 from model.base import SaverBase, TextUnits
 from model.evidence import PostEvidence
 from model.gate import VisionMode
@@ -26,20 +26,7 @@ from model.pipeline import (
     TextRequest,
     TextResult,
 )
-from model.tokenize import Word, tokenize_words, words_from_tokens
 from model.vision.backbone import VisionBackbone
-
-
-def _request_words(request: TextRequest) -> tuple[str, list[Word]]:
-    if request.tokens is not None:
-        return words_from_tokens(request.tokens)
-    text = request.text or ""
-    return text, tokenize_words(text)
-
-
-def evidence_text(tags: list[str]) -> str:
-    """How backbone tags (and, in training, pseudo-tags) are phrased for the evidence-text channel."""
-    return "a photo of " + ", ".join(tags) if tags else "a photo"
 
 
 def unit_spans(units: TextUnits) -> list[tuple[int, int]]:
@@ -90,16 +77,8 @@ class TorchPipeline:
     @torch.inference_mode()
     def encode_text_batch(self, requests: Sequence[TextRequest]) -> list[TextResult]:
         """Several posts through one encoder forward; each result equals that post's ``encode_text``."""
-        posts = [_request_words(r) for r in requests]
-        pairs: list[Pair] | None = None
-        if any(r.head is not None or r.tail is not None for r in requests):
-            pairs = []
-            for r in requests:
-                if r.head is None or r.tail is None:
-                    raise ValueError("MRE needs head and tail spans")
-                pairs.append((r.head, r.tail))
-        if pairs is not None and not all(words for _, words in posts):
-            raise ValueError("an MRE post needs words for its head and tail spans")
+        posts = [request_words(r) for r in requests]
+        pairs = request_pairs(requests, posts)
         todo = [i for i, (_, words) in enumerate(posts) if words]
         states = {i: self.model.empty_units() for i in range(len(posts))}
         if todo:
@@ -187,18 +166,15 @@ class TorchPipeline:
         details: dict[int, DetailedImage],
         screened: dict[int, ScreenedImage],
     ) -> MnerResult | MreResult:
-        used = [
-            sel if activated[u] and sel and all(i in details for i in sel) else []
-            for u, sel in enumerate(selected)
-        ]
+        used = used_images(activated, selected, details)
         images = sorted({i for sel in used for i in sel})
         position = {img: p for p, img in enumerate(images)}
         evidence = _stack_evidence([details[i].payload for i in images]) if images else None
         local = [[position[i] for i in sel] for sel in used]
         gamma = torch.tensor([bool(sel) for sel in used], dtype=torch.bool)
         scores = self.model.score(result.state, gamma, [evidence], selected=local)
-        probs = F.softmax(scores.logits, dim=-1)
-        return self.model.result(result, probs, activated, used)
+        probs = softmax(scores.logits.float().numpy())
+        return ANSWERS[self.task](result, probs, activated, used, self.labels)
 
 
 def _stack_evidence(payloads: list[dict[str, torch.Tensor | None]]) -> PostEvidence:

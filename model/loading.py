@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from model.artifacts import ArtifactInfo, build_model, load_artifacts, threshold_from_calibration
 from model.base import SaverBase
 from model.config import SaverConfig
+from model.graph_bundle import OnnxOptions
 from model.inference import TorchPipeline
-from model.pipeline import Task
+from model.pipeline import SaverPipeline, Task
 from model.text_encoder import TextEncoder
 from model.vision import build_backbone
 
@@ -34,28 +34,25 @@ def default_config(task: Task) -> SaverConfig:
     return SaverConfig(task="mner")
 
 
-@dataclass
-class OnnxOptions:
-    """How the ONNX Runtime backend finds or builds its graphs (see model/onnx_pipeline.py)."""
-
-    cache_dir: Path | None = None  # where graphs missing from ``artifacts/onnx`` are built; None: default
-    quantize: bool = False  # int8 dynamic quantisation of the text graph
-    threads: int | None = None  # ORT intra-op threads; None: the CPUs available to this process
-
-
 def load_pipeline(
     path: Path,
     task: Task,
     encoder: TextEncoder | None = None,
     backend: Backend = "torch",
     onnx: OnnxOptions | None = None,
-) -> TorchPipeline:
-    """Raises ``ArtifactError`` for a missing or corrupt directory; never falls back silently."""
+) -> SaverPipeline:
+    """Raises ``ArtifactError`` for a missing or corrupt directory; never falls back silently. The ONNX
+    backend serves from exported graphs without torch (model/onnx_pipeline.py), building them first if
+    they are missing; ``encoder`` is then only used to build."""
+    if backend == "onnx" and encoder is None:
+        from model.onnx_pipeline import load_onnx_pipeline  # imports onnxruntime only when it is asked for
+
+        return load_onnx_pipeline(task, path, onnx)
     model, info = load_artifacts(path, encoder)
     if model.cfg.task != task:
         raise ValueError(f"{path} holds a {model.cfg.task} model, expected {task}")
     if backend == "onnx":
-        return _onnx(model, info, path, onnx or OnnxOptions(), owned=encoder is None)
+        return _onnx(model, info, path, onnx or OnnxOptions())
     backbone_spec = model.cfg.vision_backbone
     return TorchPipeline(
         model,
@@ -73,7 +70,7 @@ def untrained_pipeline(
     seed: int = 0,
     backend: Backend = "torch",
     onnx: OnnxOptions | None = None,
-) -> TorchPipeline:
+) -> SaverPipeline:
     """A randomly initialised model (real encoder and backbone, random heads). Callers must say so."""
     import torch
 
@@ -85,7 +82,7 @@ def untrained_pipeline(
         "serving an UNTRAINED %s model: randomly initialised heads, predictions are meaningless", task
     )
     if backend == "onnx":
-        return _onnx(model, info, None, onnx or OnnxOptions(), owned=encoder is None)
+        return _onnx(model, info, None, onnx or OnnxOptions())
     return TorchPipeline(
         model,
         lambda: build_backbone(cfg.vision_backbone),
@@ -97,10 +94,10 @@ def untrained_pipeline(
 
 
 def _onnx(
-    model: SaverBase, info: ArtifactInfo, artifacts: Path | None, options: OnnxOptions, owned: bool
-) -> TorchPipeline:
-    """``owned``: the encoder was built here, so its torch weights may be freed once the graphs exist."""
-    from model.onnx_pipeline import onnx_pipeline  # imports onnxruntime only when it is asked for
+    model: SaverBase, info: ArtifactInfo, artifacts: Path | None, options: OnnxOptions
+) -> SaverPipeline:
+    """A model built here in torch, served from its exported graphs (built into the cache if missing)."""
+    from model.onnx_pipeline import onnx_pipeline
 
     return onnx_pipeline(
         model,
@@ -110,5 +107,4 @@ def _onnx(
         cache_dir=options.cache_dir,
         quantize=options.quantize,
         threads=options.threads,
-        release_encoder=owned,
     )

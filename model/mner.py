@@ -8,12 +8,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.answer import mner_answer
 from model.base import NEVER, GateSchedule, SaverBase, TextUnits, UnitScores, mean_word_vector
 from model.config import SaverConfig
-from model.decode import DecodedSpan, char_offsets, decode_spans
+from model.decode import DecodedSpan, decode_spans
 from model.evidence import PostEvidence
 from model.gate import VisionMode
-from model.pipeline import MnerEntity, MnerResult, Pair, TextResult
+from model.pipeline import MnerResult, Pair, TextResult
 from model.spans import SpanRepresentation, span_grid
 from model.text_encoder import TextEncoder
 
@@ -178,26 +179,7 @@ class MnerModel(SaverBase):
         self, post: TextResult, probs: torch.Tensor, activated: np.ndarray, used: list[list[int]]
     ) -> MnerResult:
         """A served post's entities with character offsets and per-entity vision facts."""
-        if not post.units:
-            return MnerResult([])
-        entities = []
-        for d in self.decode(torch.tensor(post.units), probs):
-            start, end = char_offsets(post.words, d.start, d.end)
-            entities.append(
-                MnerEntity(
-                    text=post.text[start:end],
-                    type=self.cfg.labels[d.label - 1],
-                    score=round(d.score, 6),
-                    start=start,
-                    end=end,
-                    token_start=d.start,
-                    token_end=d.end,
-                    gate=float(post.gate[d.unit]),
-                    activated=bool(activated[d.unit]),
-                    images=used[d.unit],
-                )
-            )
-        return MnerResult(entities)
+        return mner_answer(post, probs.detach().float().cpu().numpy(), activated, used, list(self.cfg.labels))
 
     def unit_targets(
         self, spans: torch.Tensor, post_of_unit: list[int], targets: MnerTargets

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.answer import mre_answer
 from model.base import NEVER, GateSchedule, SaverBase, TextUnits, UnitScores, mean_word_vector
 from model.config import SaverConfig
 from model.evidence import PostEvidence
@@ -159,7 +160,4 @@ class MreModel(SaverBase):
         self, post: TextResult, probs: torch.Tensor, activated: np.ndarray, used: list[list[int]]
     ) -> MreResult:
         """A served pair's relation, its top five alternatives and the pair's vision facts."""
-        p = probs[0].numpy()
-        order = np.argsort(-p)[:5]
-        top = [(self.cfg.labels[i], float(p[i])) for i in order]
-        return MreResult(top[0][0], top[0][1], top, float(post.gate[0]), bool(activated[0]), used[0])
+        return mre_answer(post, probs.detach().float().cpu().numpy(), activated, used, list(self.cfg.labels))

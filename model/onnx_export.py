@@ -1,6 +1,7 @@
 """ONNX graphs of the heavy stages: the text path (encoder, unit representations, gate, text scores), the
-base encoder for evidence text, and the two tiers of the vision backbone. The cheap per-request parts (selection, fusion of the few activated
-units, decoding) stay in torch; see ``model/onnx_pipeline.py``.
+base encoder for evidence text, and the two tiers of the vision backbone. The per-request stages after
+them (decide, query, items, fuse) are exported by ``model/onnx_stages.py``, which also writes the bundle
+directory a torch-free worker serves from.
 
 Graphs live in a directory with a ``manifest.json`` recording the key each graph was built for: a hash of
 the model's config and stored weights (plus the encoder's and backbone's own hashes), so a graph built for
@@ -27,6 +28,7 @@ from torch import nn
 
 from model.artifacts import stored_state
 from model.base import SaverBase
+from model.graph_bundle import DEFAULT_CACHE_DIR as DEFAULT_CACHE_DIR  # re-exported
 from model.lora import merge_lora, strip_lora
 from model.text_encoder import TextEncoder, file_sha256
 from model.vision.backbone import Tier, VisionBackbone
@@ -43,7 +45,6 @@ EVIDENCE_GRAPH = "evidence.onnx"
 # TorchScript export names nodes by module path; TextGraph holds the model as ``model``, whose
 # encoder.bert.encoder.layer.* are the transformer blocks
 ENCODER_NODE_PREFIX = "/encoder/bert/encoder/layer"
-DEFAULT_CACHE_DIR = Path(".cache/onnx")  # relative to the working directory; SAVER_ONNX_CACHE_DIR overrides
 
 
 class TextGraph(nn.Module):
@@ -341,24 +342,3 @@ def ensure_evidence_graph(encoder: TextEncoder, directory: Path, key: str | None
         graphs.record(EVIDENCE_GRAPH, key)
         found = directory / EVIDENCE_GRAPH
     return found
-
-
-def export_graphs(
-    model: SaverBase, backbone: VisionBackbone, directory: Path, quantize: bool = False
-) -> None:
-    """Everything the ONNX backend needs, into one directory (``saver export --onnx``)."""
-    key = text_graph_key(model)
-    ensure_text_graph(model, directory, quantize=False, key=key)
-    if quantize:
-        ensure_text_graph(model, directory, quantize=True, key=key)
-    ensure_tier_graphs(backbone, directory)
-    if "text" in model.cfg.evidence_channels:
-        ensure_evidence_graph(model.encoder, directory)
-
-
-def find_graph_dir(key: str, name: str, candidates: list[Path]) -> Path | None:
-    """The first of ``candidates`` holding graph ``name`` built for ``key``."""
-    for directory in candidates:
-        if GraphDir(directory).graph(name, key) is not None:
-            return directory
-    return None

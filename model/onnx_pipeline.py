@@ -1,50 +1,72 @@
-"""``SaverPipeline`` with its heavy stages in ONNX Runtime: the text path (encoder with shape features, unit
-representations, gate, text scores), the base encoder that embeds evidence text (backbone tags), and the
-vision backbone's screen and detail tiers.
+"""``SaverPipeline`` on ONNX Runtime alone: no torch, no transformers, in the serving process.
 
-Everything per-request and cheap is inherited from ``TorchPipeline`` unchanged: activation, selection,
-fusion of the few activated units through the small torch heads, and decoding. Tokenisation stays in
-Python (the fast tokenizer), exactly as in the torch path, so both backends see identical inputs.
+Every model stage is a graph exported from the model's torch methods (model/onnx_export.py,
+model/onnx_stages.py) and found in a bundle directory (model/graph_bundle.py): text (encoder, units,
+gate, text scores), decide (γ), query (the selector's per-unit query), items (a screened image's vector),
+the evidence-text encoder, the vision tiers, and fuse (evidence tokens, Set Transformer, energy head).
+Between them runs the numpy glue both backends share: tokenisation into the graph's feeds
+(model/text_feeds.py, with the ``tokenizers`` library on the exported tokenizer file), image
+preprocessing (model/pixels.py), the greedy selector (model/selector.py) and the answers (model/answer.py).
+
+``load_onnx_pipeline`` finds the bundle of an artifact directory by hashing its files; when there is none
+and torch is installed it builds one first (``model/onnx_stages.py``), else it says which command does.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
-import torch
 from PIL import Image
+from tokenizers import Tokenizer
 
-from model.artifacts import ArtifactInfo
-from model.base import SaverBase, TextUnits
-from model.inference import TorchPipeline
-from model.onnx_export import (
-    DEFAULT_CACHE_DIR,
-    EVIDENCE_GRAPH,
-    TEXT_GRAPH,
-    TEXT_GRAPH_INT8,
-    ensure_evidence_graph,
-    ensure_text_graph,
-    ensure_tier_graphs,
-    evidence_graph_key,
-    find_graph_dir,
-    text_graph_key,
-    vision_graph_key,
+from model.answer import ANSWERS, evidence_text, request_pairs, request_words, softmax, top_tags, used_images
+from model.artifact_files import (
+    ArtifactError,
+    artifact_key,
+    read_calibration,
+    read_json,
+    threshold_from_calibration,
 )
-from model.pipeline import Pair
-from model.vision import build_backbone
-from model.vision.backbone import Tier, VisionBackbone
+from model.graph_bundle import DEFAULT_CACHE_DIR, EXPORT_COMMAND, Bundle, OnnxOptions, find_bundle
+from model.heap import release_freed_heap
+from model.pipeline import (
+    DetailedImage,
+    MnerResult,
+    MreResult,
+    Pair,
+    ScreenedImage,
+    Task,
+    TextRequest,
+    TextResult,
+    VisionMode,
+)
+from model.pixels import images_to_array, transform_from_record
+from model.selector import select_for_queries
+from model.text_feeds import GraphUnits, graph_feeds, graph_units, word_pieces
+
+if TYPE_CHECKING:
+    from model.artifacts import ArtifactInfo
+    from model.base import SaverBase
+    from model.vision.backbone import VisionBackbone
 
 log = logging.getLogger(__name__)
+
+VISION_MODES: tuple[VisionMode, ...] = (
+    "auto",
+    "always",
+    "never",
+)  # the decide graph's ``mode`` indices (model.base.VISION_MODES)
 
 
 def available_cpus() -> int:
@@ -73,19 +95,22 @@ _SESSIONS: weakref.WeakValueDictionary[tuple[str, int | None], ort.InferenceSess
 _SESSIONS_LOCK = threading.Lock()
 
 
-def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+def make_session(path: Path, threads: int | None = None, arena: bool = True) -> ort.InferenceSession:
     """One session per graph file and thread count in the process: the MNER and MRE pipelines share the
-    vision and evidence-text graphs (``run`` is thread-safe), so their weights are held once."""
+    vision and evidence-text graphs (``run`` is thread-safe), so their weights are held once. ``arena``
+    False: activations are freed after each run instead of kept for the next (the rarely run, large
+    vision tiers)."""
     key = (str(path.resolve()), threads)
     with _SESSIONS_LOCK:
         session = _SESSIONS.get(key)
         if session is None:
-            session = _SESSIONS[key] = _new_session(path, threads)
+            session = _SESSIONS[key] = _new_session(path, threads, arena)
         return session
 
 
-def _new_session(path: Path, threads: int | None) -> ort.InferenceSession:
+def _new_session(path: Path, threads: int | None, arena: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = arena
     options.intra_op_num_threads = threads or available_cpus()
     options.inter_op_num_threads = 1  # the graphs are one chain of ops; parallelism lives inside each op
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -96,136 +121,301 @@ def _new_session(path: Path, threads: int | None) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=providers())
 
 
-class OnnxBackbone(VisionBackbone):
-    """A torch backbone's preprocessing and tag vocabulary, with the screen and detail tiers run by ONNX
-    Runtime. The inherited ``screen``/``detail`` (chunking, tags) therefore behave exactly as in torch."""
-
-    def __init__(
-        self, backbone: VisionBackbone, graphs: dict[Tier, Path], threads: int | None = None
-    ) -> None:
-        super().__init__()
-        self.inner = backbone  # kept for preprocessing, tags and identity; its forward is never run
-        self.name, self.dim = backbone.name, backbone.dim
-        self.screen_size, self.detail_size = backbone.screen_size, backbone.detail_size
-        self.num_regions, self.max_batch = backbone.num_regions, backbone.max_batch
-        self.sessions = {tier: make_session(path, threads) for tier, path in graphs.items()}
-        self.has_tags = backbone.tag_vocabulary is not None
-
-    def preprocess(self, images: Sequence[Image.Image], size: int) -> torch.Tensor:
-        return self.inner.preprocess(images, size)
-
-    def _run(self, tier: Tier, pixels: torch.Tensor) -> list[torch.Tensor]:
-        outputs = self.sessions[tier].run(None, {"pixels": pixels.float().numpy()})
-        return [torch.from_numpy(np.asarray(o)) for o in outputs]
-
-    def screen_tensor(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self._run("screen", pixels)
-        return out[0], out[1] if self.has_tags else None
-
-    def detail_tensor(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        out = self._run("detail", pixels)
-        return out[0], out[1], out[2] if self.has_tags else None
-
-    def weight_files(self) -> list[Path]:
-        return self.inner.weight_files()
-
-    @property
-    def tag_vocabulary(self) -> list[str] | None:
-        return self.inner.tag_vocabulary
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")  # ORT takes and returns host arrays, whatever provider runs the graph
+def _run(session: ort.InferenceSession, **feeds: np.ndarray | None) -> list[np.ndarray]:
+    """Feed the inputs this graph declares (a graph's evidence inputs follow the model's channels)."""
+    names = [i.name for i in session.get_inputs()]
+    return [np.asarray(o) for o in session.run(None, {n: feeds[n] for n in names})]
 
 
-def onnx_backbone(
-    spec: str, candidates: list[Path], cache_dir: Path, threads: int | None = None
-) -> OnnxBackbone:
-    """Build the torch backbone, then find its tier graphs in ``candidates`` or export them to the cache."""
-    backbone = build_backbone(spec)
-    key = vision_graph_key(backbone)
-    found = find_graph_dir(key, "detail.onnx", candidates)
-    directory = found if found is not None else cache_dir / f"vision-{key}"
-    onnx = OnnxBackbone(backbone, ensure_tier_graphs(backbone, directory, key), threads)
-    backbone.to(torch.device("meta"))  # only its preprocessing and tag names are used from now on
-    return onnx
-
-
-class OnnxPipeline(TorchPipeline):
+class OnnxPipeline:
     def __init__(
         self,
-        model: SaverBase,
-        text_graph: Path,
-        backbone_factory: Callable[[], VisionBackbone],
+        bundle: Bundle,
         *,
-        name: str,
-        version: str,
-        trained: bool,
         threshold: float,
+        name: str | None = None,
+        version: str | None = None,
+        trained: bool | None = None,
         threads: int | None = None,
-        evidence_graph: Path | None = None,
-        release_encoder: bool = False,
+        quantize: bool = False,
     ) -> None:
-        """``evidence_graph``: the base encoder for evidence text (else torch embeds it). ``release_encoder``
-        frees the torch encoder's weights (to the meta device), which then must not be needed: the
-        model must not be shared with a torch pipeline, and text evidence needs ``evidence_graph``."""
-        super().__init__(
-            model, backbone_factory, name=name, version=version, trained=trained, threshold=threshold
+        record = bundle.record
+        self.bundle = bundle
+        self.task: Task = "mre" if bundle.task == "mre" else "mner"
+        self.labels = list(record["labels"])
+        self.name = name or str(record.get("name", f"saver-{self.task}"))
+        self.version = version or str(record.get("version", "0.0.0"))
+        self.trained = bool(record.get("trained", False)) if trained is None else trained
+        self._threshold = float(threshold)
+        self.cfg: dict[str, Any] = dict(record["config"])
+        self.threads = threads
+        self.text_graph = bundle.graph("text_int8" if quantize else "text")
+        self.text_session = make_session(self.text_graph, threads)
+        self.decide_session = make_session(bundle.graph("decide"), threads)
+        self.query_session = make_session(bundle.graph("query"), threads)
+        self.items_session = make_session(bundle.graph("items"), threads)
+        self.fuse_session = make_session(bundle.graph("fuse"), threads)
+        evidence = bundle.graph("evidence") if bundle.has("evidence") else None
+        self.evidence_session = None if evidence is None else make_session(evidence, threads)
+        tok = record["tokenizer"]
+        self.word_tokenizer = _tokenizer(bundle.path / tok["file"], tok, int(self.cfg["max_subwords"]))
+        self.evidence_tokenizer = _tokenizer(
+            bundle.path / tok["file"], tok, int(tok["evidence_max_subwords"])
         )
-        self.text_session = make_session(text_graph, threads)
-        self.text_graph = text_graph
-        self.evidence_graph = evidence_graph
-        self.evidence_session = None if evidence_graph is None else make_session(evidence_graph, threads)
-        if release_encoder:
-            if evidence_graph is None and "text" in model.cfg.evidence_channels:
-                raise ValueError("releasing the torch encoder needs an evidence-text graph")
-            model.encoder.bert.to(torch.device("meta"))
+        vision = record["vision"]
+        self.vision = vision
+        self.transform = transform_from_record(vision["transform"])
+        self.tag_vocabulary: list[str] | None = vision["tags"]
+        self._tiers: dict[str, ort.InferenceSession] = {}
+        self._tiers_lock = threading.Lock()
 
-    def _embed_evidence(self, texts: list[str]) -> torch.Tensor:
-        if self.evidence_session is None:
-            return super()._embed_evidence(texts)
-        if not texts:
-            return torch.zeros(0, self.model.encoder.bert.config.hidden_size)
-        # the tokenizer call of TextEncoder.embed_evidence, so both backends see the same pieces
-        enc = self.model.encoder.tokenizer(
-            texts, truncation=True, max_length=64, padding=True, return_tensors="np"
-        )
-        feeds = {
-            "input_ids": enc["input_ids"].astype(np.int64),
-            "attention_mask": enc["attention_mask"].astype(np.int64),
-        }
-        return torch.from_numpy(np.asarray(self.evidence_session.run(None, feeds)[0]))
+    @property
+    def threshold(self) -> float:
+        return self._threshold
 
-    def _text_units(self, words: list[list[str]], pairs: list[Pair] | None) -> TextUnits:
-        feeds, spans, word_mask = self.text_feeds(words, pairs)
-        units, gate, logits = (torch.from_numpy(np.asarray(o)) for o in self.text_session.run(None, feeds))
-        return self.model.from_graph(units, gate, logits, spans, word_mask)
+    # --- text stage -------------------------------------------------------------------------------
+    def encode_text(
+        self,
+        text: str | None = None,
+        tokens: list[str] | None = None,
+        head: tuple[int, int] | None = None,
+        tail: tuple[int, int] | None = None,
+    ) -> TextResult:
+        return self.encode_text_batch([TextRequest(text, tokens, head, tail)])[0]
+
+    def encode_text_batch(self, requests: Sequence[TextRequest]) -> list[TextResult]:
+        """Several posts through one text graph run; each result equals that post's ``encode_text``."""
+        posts = [request_words(r) for r in requests]
+        pairs = request_pairs(requests, posts)
+        todo = [i for i, (_, words) in enumerate(posts) if words]
+        states = {i: self._empty_units() for i in range(len(posts))}
+        if todo:
+            strings = [[w.text for w in posts[i][1]] for i in todo]
+            batch = self._text_units(strings, None if pairs is None else [pairs[i] for i in todo])
+            for k, i in enumerate(todo):
+                states[i] = batch[k]
+        return [
+            TextResult(
+                text,
+                words,
+                [(int(s), int(e)) for s, e in states[i].spans.reshape(-1, 2).tolist()],
+                states[i].gate.copy(),
+                states[i],
+            )
+            for i, (text, words) in enumerate(posts)
+        ]
 
     def text_feeds(
         self, words: list[list[str]], pairs: list[Pair] | None
-    ) -> tuple[dict[str, np.ndarray], torch.Tensor, torch.Tensor]:
-        """The text graph's inputs for a batch of non-empty posts, plus the spans and word mask that
-        turn its outputs back into ``TextUnits`` (a benchmark times the graph alone on these)."""
-        model = self.model
-        enc = model.encoder.prepare(words)
-        n = max(enc.first_subword.size(1), model.cfg.max_span_width)  # the graph's span max-pool needs N >= W
-        first = _pad_words(enc.first_subword, n)
-        shapes = _pad_words(enc.shapes, n)
-        word_mask = _pad_words(enc.word_mask, n)
-        spans = model.graph_spans(word_mask, n, pairs)
-        feeds = {
-            "input_ids": enc.input_ids.numpy(),
-            "attention_mask": enc.attention_mask.numpy(),
-            "first_subword": first.numpy(),
-            "shapes": shapes.numpy(),
-            "spans": spans.contiguous().numpy(),
-        }
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """The text graph's inputs for a batch of non-empty posts, plus the spans and word mask that turn
+        its outputs back into units (a benchmark times the graph alone on these)."""
+        encodings = self.word_tokenizer.encode_batch([w if w else [""] for w in words], is_pretokenized=True)
+        pieces = word_pieces(encodings, words)
+        feeds, spans = graph_feeds(pieces, self.task, int(self.cfg["max_span_width"]), pairs)
+        n = feeds["shapes"].shape[1]
+        word_mask = np.pad(pieces.word_mask, ((0, 0), (0, n - pieces.word_mask.shape[1])))
         return feeds, spans, word_mask
 
+    def _text_units(self, words: list[list[str]], pairs: list[Pair] | None) -> list[GraphUnits]:
+        feeds, spans, word_mask = self.text_feeds(words, pairs)
+        return graph_units(self.task, self.text_session.run(None, feeds), spans, word_mask)
 
-def _pad_words(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Zero-pad the word axis (index 0 = [CLS], shape 0 = padding); padded words are in no valid span."""
-    return t if t.size(1) >= n else torch.nn.functional.pad(t, (0, n - t.size(1)))
+    def _empty_units(self) -> GraphUnits:
+        d, c = int(self.cfg["d_model"]), int(self.cfg["n_classes"])
+        f = np.float32
+        return GraphUnits(
+            np.zeros((0, d), f), np.zeros(0, f), np.zeros((0, c), f), np.zeros((0, 2), np.int64)
+        )
+
+    def activation(self, result: TextResult, mode: VisionMode) -> np.ndarray:
+        if mode not in VISION_MODES:
+            raise ValueError(f"unknown vision mode {mode!r}")
+        state: GraphUnits = result.state
+        if len(state.gate) == 0:
+            return np.zeros(0, dtype=bool)
+        return _run(
+            self.decide_session,
+            gate=state.gate,
+            text_logits=state.text_logits,
+            threshold=np.array(self._threshold, dtype=np.float32),
+            mode=np.array(VISION_MODES.index(mode), dtype=np.int64),
+        )[0].astype(bool)
+
+    # --- vision stages ----------------------------------------------------------------------------
+    def _tier(self, tier: str) -> ort.InferenceSession:
+        # built on first use: a text-only deployment never pays for the image model
+        with self._tiers_lock:
+            if tier not in self._tiers:
+                self._tiers[tier] = make_session(self.bundle.vision_graph(tier), self.threads, arena=False)
+            return self._tiers[tier]
+
+    def _encode_images(self, tier: str, images: list[Image.Image]) -> list[np.ndarray]:
+        size = int(self.vision["screen_size" if tier == "screen" else "detail_size"])
+        pixels = images_to_array(images, size, self.transform)
+        step = int(self.vision["max_batch"])
+        parts = [
+            self._tier(tier).run(None, {"pixels": pixels[i : i + step]}) for i in range(0, len(pixels), step)
+        ]
+        return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(len(parts[0]))]
+
+    def _evidence_texts(
+        self, tag_logits: np.ndarray | None, n: int
+    ) -> tuple[list[list[str]], np.ndarray | None]:
+        if tag_logits is None or "text" not in self.cfg["channels"] or self.tag_vocabulary is None:
+            return [[] for _ in range(n)], None
+        tags = top_tags(tag_logits, self.tag_vocabulary, int(self.cfg["evidence_tags_k"]))
+        return tags, self._embed_evidence([evidence_text(t) for t in tags])
+
+    def _embed_evidence(self, texts: list[str]) -> np.ndarray:
+        assert self.evidence_session is not None
+        enc = self.evidence_tokenizer.encode_batch(texts)
+        feeds = {
+            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+        }
+        return np.asarray(self.evidence_session.run(None, feeds)[0])
+
+    def screen(self, images: list[Image.Image]) -> list[ScreenedImage]:
+        if not images:
+            return []
+        out = self._encode_images("screen", images)
+        vectors, tag_logits = out[0], (out[1] if len(out) > 1 else None)
+        tags, text = self._evidence_texts(tag_logits, len(images))
+        items = _run(self.items_session, text=text, image=vectors)[0]
+        return [
+            ScreenedImage(
+                items[i].copy(), tags[i], {"image": vectors[i], "text": None if text is None else text[i]}
+            )
+            for i in range(len(images))
+        ]
+
+    def select(
+        self, result: TextResult, activated: np.ndarray, screened: list[ScreenedImage]
+    ) -> list[list[int]]:
+        # one entry per scored unit (the gate): an MRE result lists two entity spans but is one unit
+        chosen: list[list[int]] = [[] for _ in range(len(result.gate))]
+        rows = np.flatnonzero(activated)
+        if rows.size == 0 or not screened:
+            return chosen
+        queries = _run(self.query_session, units=result.state.units[rows])[0]
+        items = np.stack([s.vector for s in screened])
+        cfg = self.cfg
+        picks = select_for_queries(
+            queries, items, int(cfg["select_k"]), str(cfg["selector"]),
+            float(cfg["lambda_relevance"]), float(cfg["lambda_coverage"]),
+        )  # fmt: skip
+        for r, pick in zip(rows.tolist(), picks, strict=True):
+            chosen[r] = pick
+        return chosen
+
+    def detail(self, images: list[Image.Image]) -> list[DetailedImage]:
+        if not images:
+            return []
+        out = self._encode_images("detail", images)
+        vectors, regions, tag_logits = out[0], out[1], (out[2] if len(out) > 2 else None)
+        _, text = self._evidence_texts(tag_logits, len(images))
+        return [
+            DetailedImage(
+                {"image": vectors[i], "regions": regions[i], "text": None if text is None else text[i]}
+            )
+            for i in range(len(images))
+        ]
+
+    # --- fusion -----------------------------------------------------------------------------------
+    def fuse(
+        self,
+        result: TextResult,
+        activated: np.ndarray,
+        selected: list[list[int]],
+        details: dict[int, DetailedImage],
+        screened: dict[int, ScreenedImage],
+    ) -> MnerResult | MreResult:
+        state: GraphUnits = result.state
+        used = used_images(activated, selected, details)
+        rows = [u for u, sel in enumerate(used) if sel]
+        logits = state.text_logits.copy()
+        if rows:
+            images = sorted({i for sel in used for i in sel})
+            position = {img: p for p, img in enumerate(images)}
+            k = max(int(self.cfg["select_k"]), *(len(used[u]) for u in rows))
+            chosen = np.zeros((len(rows), k), dtype=np.int64)
+            valid = np.zeros((len(rows), k), dtype=bool)
+            for a, u in enumerate(rows):
+                chosen[a, : len(used[u])] = [position[i] for i in used[u]]
+                valid[a, : len(used[u])] = True
+            evidence = {
+                key: np.stack([details[i].payload[key] for i in images])
+                if all(details[i].payload.get(key) is not None for i in images)
+                else None
+                for key in ("text", "image", "regions")
+            }
+            forced = _run(
+                self.fuse_session, units=state.units[rows], selected=chosen, valid=valid, **evidence
+            )[0]
+            logits[rows] = forced
+        return ANSWERS[self.task](result, softmax(logits), activated, used, self.labels)
+
+
+def _tokenizer(path: Path, record: dict[str, Any], max_length: int) -> Tokenizer:
+    """The encoder's fast tokenizer as exported, padded and truncated as ``TextEncoder`` asks of it."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.enable_padding(pad_id=int(record["pad_id"]), pad_token=str(record["pad_token"]))
+    return tokenizer
+
+
+def torch_available() -> bool:
+    """Whether torch could be imported to build graphs (without importing it)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a blocked or broken installation counts as absent
+        return False
+
+
+def load_onnx_pipeline(task: str, artifacts: Path, options: OnnxOptions | None = None) -> OnnxPipeline:
+    """The torch-free pipeline of an artifact directory: its bundle from ``artifacts/onnx`` or the cache;
+    without one, built first when torch is installed, else an ``ArtifactError`` naming the command."""
+    options = options or OnnxOptions()
+    started = time.perf_counter()
+    config = read_json(artifacts / "config.json") if (artifacts / "config.json").is_file() else {}
+    model_task = config.get("model", {}).get("task", task)
+    if model_task != task:
+        raise ValueError(f"{artifacts} holds a {model_task} model, expected {task}")
+    key = artifact_key(artifacts)
+    cache = options.cache_dir or DEFAULT_CACHE_DIR
+    roots = [artifacts / "onnx", cache]
+    bundle = find_bundle(task, key, roots)
+    if bundle is not None and options.quantize and not bundle.has("text_int8"):
+        bundle = None
+    if bundle is None:
+        if not torch_available():
+            raise ArtifactError(
+                f"no exported {task} graphs for {artifacts} (key {key}) under {', '.join(map(str, roots))}, and "
+                f"torch is not installed to build them: run `{EXPORT_COMMAND} --artifacts {artifacts}` "
+                "where torch is installed, then point SAVER_ONNX_CACHE_DIR at DIR"
+            )
+        from model.onnx_stages import build_artifact_bundle  # torch, only to build
+
+        log.info(
+            "no exported %s graphs for %s: building them into %s (first start with these weights)",
+            task,
+            artifacts,
+            cache,
+        )
+        bundle = build_artifact_bundle(artifacts, cache, quantize=options.quantize)
+    threshold = threshold_from_calibration(read_calibration(artifacts))
+    pipeline = OnnxPipeline(
+        bundle,
+        threshold=threshold,
+        name=str(config.get("name", artifacts.name)),
+        version=str(config.get("version", "0.0.0")),
+        trained=bool(config.get("trained", False)) and (artifacts / "weights.safetensors").is_file(),
+        threads=options.threads,
+        quantize=options.quantize,
+    )
+    _log_ready(pipeline, started)
+    return pipeline
 
 
 def onnx_pipeline(
@@ -238,43 +428,38 @@ def onnx_pipeline(
     quantize: bool = False,
     threads: int | None = None,
     release_encoder: bool = True,
+    backbone: VisionBackbone | None = None,
 ) -> OnnxPipeline:
-    """Graphs from ``artifacts/onnx`` when they match these weights, else from (or built into) the cache."""
-    cache = cache_dir or DEFAULT_CACHE_DIR
-    candidates = [artifacts / "onnx"] if artifacts is not None else []
+    """The pipeline of a model built in memory (torch installed): its bundle, keyed by its weights, from
+    ``artifacts/onnx`` or the cache, exported first if missing. The torch model is not kept
+    (``release_encoder`` is accepted for compatibility; nothing of the model stays referenced)."""
+    from model.onnx_stages import build_model_bundle
+
     started = time.perf_counter()
-    key = text_graph_key(model)
-    name = TEXT_GRAPH_INT8 if quantize else TEXT_GRAPH
-    found = find_graph_dir(key, name, candidates)
-    directory = found if found is not None else cache / f"{model.cfg.task}-{key}"
-    text_graph = ensure_text_graph(model, directory, quantize=quantize, key=key)
-    evidence_graph = None
-    if "text" in model.cfg.evidence_channels:
-        ev_key = evidence_graph_key(model.encoder)
-        found = find_graph_dir(ev_key, EVIDENCE_GRAPH, candidates)
-        ev_dir = found if found is not None else cache / f"evidence-{ev_key}"
-        evidence_graph = ensure_evidence_graph(model.encoder, ev_dir, ev_key)
-    spec = model.cfg.vision_backbone
+    roots = ([artifacts / "onnx"] if artifacts is not None else []) + [cache_dir or DEFAULT_CACHE_DIR]
+    bundle = build_model_bundle(model, info, roots, quantize=quantize, backbone=backbone)
     pipeline = OnnxPipeline(
-        model,
-        text_graph,
-        lambda: onnx_backbone(spec, candidates, cache, threads),
+        bundle,
+        threshold=threshold,
         name=info.name,
         version=info.version,
         trained=info.trained,
-        threshold=threshold,
         threads=threads,
-        evidence_graph=evidence_graph,
-        release_encoder=release_encoder,  # the graphs hold the encoder now
+        quantize=quantize,
     )
+    _log_ready(pipeline, started)
+    return pipeline
+
+
+def _log_ready(pipeline: OnnxPipeline, started: float) -> None:
+    release_freed_heap()
     log.info(
-        "ONNX Runtime %s text graph ready in %.1f s: %s (providers %s)",
-        model.cfg.task,
+        "ONNX Runtime %s pipeline ready in %.1f s from %s (providers %s)",
+        pipeline.task,
         time.perf_counter() - started,
-        text_graph,
+        pipeline.bundle.path,
         ",".join(pipeline.text_session.get_providers()),
     )
-    return pipeline
 
 
 def describe_sessions(pipeline: OnnxPipeline) -> dict[str, Any]:

@@ -99,3 +99,14 @@ def select_evidence(
         raise ValueError(f"unknown selector {method!r}")
     similarity = (1.0 + cosine_matrix(items, items)) / 2.0
     return lazy_greedy_select(relevance, similarity, k, lam_r, lam_c)
+
+
+def select_for_queries(
+    queries: np.ndarray, items: np.ndarray, k: int, method: str, lam_r: float, lam_c: float
+) -> list[list[int]]:
+    """Per unit query (A, D) against one post's item vectors (M, D): what ``SaverBase.select`` and the
+    torch-free ONNX worker both call."""
+    m = len(items)
+    if m <= k:  # F is monotone: with room for every item, greedy takes them all
+        return [list(range(m)) for _ in range(len(queries))]
+    return [select_evidence(q, items, k, method, lam_r, lam_c) for q in queries]

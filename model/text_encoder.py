@@ -13,7 +13,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from model.config import SaverConfig
 from model.lora import adapters_disabled, add_lora
-from model.tokenize import SHAPES, word_shape
+from model.text_feeds import word_pieces
+from model.tokenize import SHAPES
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ class TextEncoder(nn.Module):
 
     def prepare(self, batch_words: list[list[str]]) -> EncodedWords:
         """Tokenise pre-split words; every word maps to its first subword (truncated words to the last kept one)."""
-        n_words = max((len(w) for w in batch_words), default=0)
         enc = self.tokenizer(
             [w if w else [""] for w in batch_words],
             is_split_into_words=True,
@@ -88,23 +88,9 @@ class TextEncoder(nn.Module):
             padding=True,
             return_tensors="pt",
         )
-        first = torch.zeros(len(batch_words), max(n_words, 1), dtype=torch.long)
-        shapes = torch.zeros_like(first)
-        mask = torch.zeros_like(first, dtype=torch.bool)
-        for b, words in enumerate(batch_words):
-            seen: dict[int, int] = {}
-            word_ids = enc.word_ids(b)
-            last_kept = 0
-            for pos, wid in enumerate(word_ids):
-                if wid is not None:
-                    seen.setdefault(wid, pos)
-                    last_kept = pos
-            max_seen = max(seen, default=-1)
-            for i, word in enumerate(words):
-                # no piece at all: truncated away -> last kept piece; empty/invisible word -> [CLS]
-                first[b, i] = seen.get(i, last_kept if i > max_seen else 0)
-                shapes[b, i] = word_shape(word)
-                mask[b, i] = True
+        pieces = word_pieces(enc.encodings, batch_words)  # the map the torch-free ONNX worker uses too
+        first, shapes = torch.from_numpy(pieces.first_subword), torch.from_numpy(pieces.shapes)
+        mask = torch.from_numpy(pieces.word_mask)
         return EncodedWords(enc["input_ids"], enc["attention_mask"], first, shapes, mask)
 
     def forward(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 
 from knowledge.handle import IndexHandle
+from model.heap import release_freed_heap
 from model.pipeline import SaverPipeline
 from service.admission import Admission
 from service.engine import TaskEngine, model_info, shown_threshold
@@ -116,6 +117,7 @@ def create_app(
                 loop = asyncio.get_running_loop()
                 for engine in engines.values():
                     await loop.run_in_executor(executor, engine.warm_up)
+                release_freed_heap()  # loading and warm-up freed much more than a request ever allocates
             predictor.ready = True
             log.info("ready", extra={"models": [f"{c['task']}:{c['name']}" for c in predictor.cards]})
             yield

@@ -1,7 +1,7 @@
 """Finding the pipelines to serve, and describing them for ``/v1/models``.
 
-``model.loading`` is imported only when real models are wanted, so the service (and its tests with the
-fake) do not pay torch's import time, and the module may land after this one.
+``model.loading`` (torch) is imported only when the torch backend or an untrained model is wanted: the ONNX
+backend serves trained artifacts from exported graphs without importing torch at all.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from model.pipeline import SaverPipeline, Task
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from model.loading import OnnxOptions
+    from model.graph_bundle import OnnxOptions
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,19 @@ def load_pipelines(settings: Settings) -> dict[str, SaverPipeline]:
         log.warning("fake_model is set: serving the deterministic TEST-ONLY fake model, not a real one")
         return {task: FakePipeline(task) for task in TASKS}
 
-    from model import loading  # heavy (torch); only when real models are served
-
     onnx = onnx_options(settings) if settings.backend == "onnx" else None
     log.info("inference backend: %s", settings.backend)
     pipelines: dict[str, SaverPipeline] = {}
     for task in TASKS:
         directory = artifacts_dir(settings, task)
+        if has_artifacts(directory) and onnx is not None:
+            # exported graphs only: torch is imported only if they must be built first
+            from model.onnx_pipeline import load_onnx_pipeline
+
+            pipelines[task] = load_onnx_pipeline(task, directory, onnx)
+            continue
+        from model import loading  # heavy (torch); the torch backend, or an untrained model to build
+
         if has_artifacts(directory):
             pipelines[task] = loading.load_pipeline(directory, task, backend=settings.backend, onnx=onnx)
         else:
@@ -62,7 +68,7 @@ def load_pipelines(settings: Settings) -> dict[str, SaverPipeline]:
 
 def onnx_options(settings: Settings) -> OnnxOptions:
     """Graphs cached per weights; each of the node's workers gets its share of the usable CPUs."""
-    from model.loading import OnnxOptions
+    from model.graph_bundle import OnnxOptions
     from model.onnx_pipeline import available_cpus
 
     threads = settings.onnx_threads or max(1, available_cpus() // settings.workers)

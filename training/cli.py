@@ -83,6 +83,20 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--quantize", action="store_true", help="with --onnx: also an int8 text graph")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser(
+        "export-graphs",
+        help="export every ONNX graph the torch-free ONNX worker serves an artifact directory from",
+    )
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        action="append",
+        help="artifact directory (repeatable; default: artifacts/mner and artifacts/mre)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="bundle root; serve with SAVER_ONNX_CACHE_DIR=OUT")
+    p.add_argument("--quantize", action="store_true", help="also an int8 text graph (SAVER_ONNX_QUANTIZE)")
+    p.set_defaults(func=cmd_export_graphs)
+
 
 _OVERRIDES = {"epochs": "epochs", "max_steps": "max_steps", "seed": "seed", "precision": "precision",
               "grad_accum": "grad_accum"}  # fmt: skip
@@ -186,6 +200,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             {k: report[k] for k in ("task", "n_examples", "precision", "recall", "f1", "gate")}, indent=2
         )
     )
+
+
+def cmd_export_graphs(args: argparse.Namespace) -> None:
+    from model.onnx_stages import build_artifact_bundle
+
+    for directory in args.artifacts or [Path("artifacts/mner"), Path("artifacts/mre")]:
+        bundle = build_artifact_bundle(directory, args.out, quantize=args.quantize)
+        print(json.dumps({"artifacts": str(directory), "task": bundle.task, "bundle": str(bundle.path)}))
 
 
 def cmd_export(args: argparse.Namespace) -> None:

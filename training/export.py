@@ -251,11 +251,8 @@ def export(run: Path, out: Path, onnx: bool = False, quantize: bool = False) -> 
 
 
 def export_onnx(artifact: Path, quantize: bool) -> None:
-    """Graphs of the model as loaded from ``artifact`` (fp16-stored weights included), so their key matches
-    what the service computes and it uses them instead of building its own."""
-    from model.artifacts import load_artifacts
-    from model.onnx_export import export_graphs
-    from model.vision import build_backbone
+    """The graph bundle of ``artifact`` into ``artifact/onnx``, keyed by the hash of its files, so the
+    service (with or without torch) serves from it instead of building its own."""
+    from model.onnx_stages import build_artifact_bundle
 
-    model, _ = load_artifacts(artifact)
-    export_graphs(model, build_backbone(model.cfg.vision_backbone), artifact / "onnx", quantize=quantize)
+    build_artifact_bundle(artifact, artifact / "onnx", quantize=quantize)

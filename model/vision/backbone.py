@@ -19,6 +19,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from model.answer import top_tags
+from model.pixels import ImageTransform
+
 logger = logging.getLogger(__name__)
 
 Tier = Literal["screen", "detail"]
@@ -65,6 +68,9 @@ class VisionBackbone(nn.Module, abc.ABC):
     detail_size: int  # input side in pixels for the detail tier
     num_regions: int  # R, region vectors per image at the detail tier
     max_batch: int = 32  # images per forward pass; bounds peak memory on posts with many images
+    # what ``preprocess`` applies (``images_to_batch`` with it); the ONNX export records it so the
+    # torch-free worker preprocesses alike. None: a backbone with its own preprocessing (not exportable)
+    transform: ImageTransform | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -159,12 +165,8 @@ class VisionBackbone(nn.Module, abc.ABC):
         vocabulary = self.tag_vocabulary
         if tag_logits is None or vocabulary is None:
             return [[] for _ in range(0 if tag_logits is None else tag_logits.shape[0])]
-        k = max(0, min(k, len(vocabulary)))
-        probs, indices = tag_logits.float().softmax(dim=-1).topk(k, dim=-1)
-        return [
-            [vocabulary[int(i)] for p, i in zip(row_p, row_i, strict=True) if float(p) >= min_prob]
-            for row_p, row_i in zip(probs, indices, strict=True)
-        ]
+        # numpy, shared with the torch-free ONNX worker: both backends name the same tags
+        return top_tags(tag_logits.detach().float().cpu().numpy(), vocabulary, k, min_prob)
 
     def tier_graph(self, tier: Tier) -> TierGraph:
         return TierGraph(self, tier)

@@ -63,6 +63,7 @@ def default_weights_path() -> Path:
 class EfficientNetLiteBackbone(VisionBackbone):
     name = "efficientnet-lite0"
     dim = 1280
+    transform = LITE_TRANSFORM
 
     def __init__(self, config: EfficientNetLiteConfig | None = None) -> None:
         super().__init__()

@@ -146,6 +146,7 @@ class HFVisionTower(VisionBackbone):
         return {**super().identity(), "model_type": self.model_type, "region_grid": self.region_grid}
 
     def preprocess(self, images: Sequence[Image.Image], size: int) -> torch.Tensor:
+        assert self.transform is not None  # read from the tower's processor config in __init__
         return images_to_batch(images, size, self.transform)
 
     def _encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -1,72 +1,23 @@
-"""Image preprocessing for the vision backbones, with PIL and torch only (torchvision is not a dependency).
-
-Web images arrive in every PIL mode (palette GIFs, RGBA logos, 16-bit PNGs, CMYK JPEGs, 1x1 tracking
-pixels), so everything is first brought to 8-bit RGB, then resized and normalised per channel.
-"""
+"""Image preprocessing for the vision backbones as torch tensors: ``model/pixels.py``'s numpy arrays
+(torchvision is not a dependency, and the torch-free ONNX worker runs the same code)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-# Transparent pixels become white: logos and stickers on the web are drawn for a white page.
-_MATTE = (255, 255, 255)
-# PIL modes holding more than 8 bits per pixel; `convert("RGB")` clips them instead of rescaling.
-_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+from model.pixels import ImageTransform, image_to_array, images_to_array, to_rgb
 
-
-@dataclass(frozen=True)
-class ImageTransform:
-    mean: tuple[float, float, float]  # per-channel mean, on the [0, 1] scale
-    std: tuple[float, float, float]  # per-channel standard deviation, on the [0, 1] scale
-    crop_fraction: float | None = 0.875  # side of the centre crop / shorter side; None = squash to a square
-    resample: int = Image.Resampling.BICUBIC  # PIL resampling filter
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB version of any PIL image, EXIF rotation applied, transparency over a white matte."""
-    image = ImageOps.exif_transpose(image) or image
-    if image.mode in _WIDE_MODES:
-        pixels = np.asarray(image, dtype=np.float64)
-        top = float(pixels.max()) if pixels.size else 0.0
-        scaled = pixels * (255.0 / top) if top > 0 else pixels
-        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        matte = Image.new("RGBA", rgba.size, (*_MATTE, 255))
-        return Image.alpha_composite(matte, rgba).convert("RGB")
-    return image.convert("RGB") if image.mode != "RGB" else image
+__all__ = ["ImageTransform", "image_to_tensor", "images_to_batch", "to_rgb"]
 
 
 def image_to_tensor(image: Image.Image, size: int, transform: ImageTransform) -> torch.Tensor:
     """One image as a normalised (3, size, size) float tensor."""
-    if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
-    rgb = to_rgb(image)
-    width, height = rgb.size
-    if transform.crop_fraction is None:
-        box = (0.0, 0.0, float(width), float(height))
-    else:
-        # Crop in source coordinates and resize the crop in one step: resizing first would blow a
-        # 1x5000 banner up to thousands of pixels only to throw most of them away.
-        side = transform.crop_fraction * min(width, height)
-        left, top = (width - side) / 2.0, (height - side) / 2.0
-        box = (left, top, left + side, top + side)
-    resized = rgb.resize((size, size), resample=transform.resample, box=box, reducing_gap=3.0)
-    pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-    mean = torch.tensor(transform.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(transform.std, dtype=torch.float32).view(3, 1, 1)
-    return (pixels - mean) / std
+    return torch.from_numpy(image_to_array(image, size, transform))
 
 
 def images_to_batch(images: Sequence[Image.Image], size: int, transform: ImageTransform) -> torch.Tensor:
     """A (N, 3, size, size) batch; N = 0 gives an empty batch of the right shape."""
-    if not images:
-        return torch.empty(0, 3, size, size)
-    return torch.stack([image_to_tensor(image, size, transform) for image in images])
+    return torch.from_numpy(images_to_array(images, size, transform))

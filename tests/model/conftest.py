@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from model.config import SaverConfig
 from model.head import EnergyHead
 from model.text_encoder import TextEncoder
 from model.vision.backbone import VisionBackbone
+from model.vision.preprocess import ImageTransform, images_to_batch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,13 +105,11 @@ class FakeBackbone(VisionBackbone):
         self.freeze()
         self.calls = {"screen": 0, "detail": 0}
 
+    # plain [0, 1] RGB, squashed to a square: preprocessing the ONNX export can record
+    transform = ImageTransform(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), crop_fraction=None)
+
     def preprocess(self, images: Sequence[Image.Image], size: int) -> torch.Tensor:
-        arrays = [
-            np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32) / 255.0 for im in images
-        ]
-        if not arrays:
-            return torch.empty(0, 3, size, size)
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        return images_to_batch(images, size, self.transform)
 
     def screen_tensor(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         vectors = pixels.mean(dim=(2, 3)) @ self.proj
@@ -123,6 +123,9 @@ class FakeBackbone(VisionBackbone):
 
     def weight_files(self) -> list[Path]:
         return []
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": "fixed-seed-1234"}  # no weight files to hash
 
     @property
     def tag_vocabulary(self) -> list[str]:

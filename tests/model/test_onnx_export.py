@@ -1,5 +1,6 @@
-"""Export pieces: the dense text scorer equals the sparse router, graph keys follow the weights, stale graphs
-are never picked, the real EfficientNet tiers export and agree with torch, int8 quantisation stays close."""
+"""Export pieces: the dense text scorer and router equal the sparse router, graph keys follow the weights,
+stale graphs are never picked, the real EfficientNet tiers export and agree with torch on the numpy
+preprocessing, int8 quantisation stays close."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from model.answer import top_tags
+from model.artifacts import ArtifactInfo
 from model.config import SaverConfig
 from model.head import EnergyHead
 from model.mner import MnerModel
@@ -22,7 +25,8 @@ from model.onnx_export import (
     ensure_tier_graphs,
     text_graph_key,
 )
-from model.onnx_pipeline import OnnxBackbone, OnnxPipeline
+from model.onnx_pipeline import make_session, onnx_pipeline
+from model.pixels import images_to_array
 from model.text_encoder import TextEncoder
 from tests.model.conftest import FakeBackbone, make_images
 
@@ -38,6 +42,9 @@ def test_dense_text_scores_equal_the_sparse_router(n_experts: int, top_k: int) -
         torch.testing.assert_close(
             head.text_scores_dense(units.view(4, 10, 32)), head.text_scores(units).scores.view(4, 10, 5)
         )
+        # the fuse graph's router on [units; evidence], as the vision path calls it
+        x = torch.randn(40, 64)
+        torch.testing.assert_close(head.router.dense(x).scores, head.router(x).scores)
 
 
 @pytest.fixture(scope="module")
@@ -79,41 +86,53 @@ def graphs(model: MnerModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_int8_text_graph_is_smaller_and_close(model: MnerModel, graphs: Path) -> None:
-    full = ensure_text_graph(model, graphs)
-    int8 = ensure_text_graph(model, graphs, quantize=True)
+    pipes = [
+        onnx_pipeline(
+            model,
+            ArtifactInfo(name="q"),
+            threshold=0.5,
+            cache_dir=graphs,
+            quantize=q,
+            threads=1,
+            backbone=FakeBackbone(),
+        )
+        for q in (False, True)
+    ]
+    full, int8 = (p.text_graph for p in pipes)
     assert (full.name, int8.name) == (TEXT_GRAPH, TEXT_GRAPH_INT8)
     # the transformer layers shrink 4x; the fp32 word-embedding table (47 MB) is a gather, left as is
     assert int8.stat().st_size < 0.75 * full.stat().st_size
-    backbone = FakeBackbone()
-    pipes = [
-        OnnxPipeline(
-            model, g, lambda: backbone, name="q", version="0", trained=False, threshold=0.5, threads=1
-        )
-        for g in (full, int8)
-    ]
     tweet = "Kevin Durant joins the Golden State Warriors tonight in #Oakland @warriors"
     a, b = (p.encode_text(text=tweet) for p in pipes)
     assert a.units == b.units
     # int8 is lossy: close, not equal (the dev-F1 check decides whether it may be switched on)
     assert np.abs(a.gate - b.gate).max() < 0.05
-    ua, ub = a.state.units.numpy(), b.state.units.numpy()
+    ua, ub = a.state.units, b.state.units
     assert 0 < np.linalg.norm(ua - ub) / np.linalg.norm(ua) < 0.2  # measured 0.13 on this random-head model
 
 
 def test_efficientnet_tiers_export_and_match_torch(tmp_path: Path) -> None:
+    """The tier graphs on the numpy preprocessing the torch-free worker runs, against the torch backbone."""
     from model.vision import build_backbone
 
     backbone = build_backbone("efficientnet-lite0")
+    assert backbone.transform is not None
     graphs = ensure_tier_graphs(backbone, tmp_path)
     assert set(graphs) == {"screen", "detail"}
-    onnx = OnnxBackbone(backbone, graphs, threads=1)
     images = make_images(3, seed=4)
-    a, b = backbone.screen(images), onnx.screen(images)
-    torch.testing.assert_close(b.global_vectors, a.global_vectors, atol=1e-4, rtol=1e-3)
-    assert backbone.tags(a.tag_logits, 5) == onnx.tags(b.tag_logits, 5)
-    da, db = backbone.detail(images[:1]), onnx.detail(images[:1])
-    assert db.regions.shape == da.regions.shape == (1, backbone.num_regions, backbone.dim)
-    torch.testing.assert_close(db.regions, da.regions, atol=1e-4, rtol=1e-3)
+    a = backbone.screen(images)
+    vectors, tag_logits = make_session(graphs["screen"], 1).run(
+        None, {"pixels": images_to_array(images, backbone.screen_size, backbone.transform)}
+    )
+    np.testing.assert_allclose(vectors, a.global_vectors.numpy(), atol=1e-4, rtol=1e-3)
+    assert backbone.tag_vocabulary is not None
+    assert backbone.tags(a.tag_logits, 5) == top_tags(tag_logits, backbone.tag_vocabulary, 5)
+    da = backbone.detail(images[:1])
+    _, regions, _ = make_session(graphs["detail"], 1).run(
+        None, {"pixels": images_to_array(images[:1], backbone.detail_size, backbone.transform)}
+    )
+    assert regions.shape == da.regions.shape == (1, backbone.num_regions, backbone.dim)
+    np.testing.assert_allclose(regions, da.regions.numpy(), atol=1e-4, rtol=1e-3)
     # a second call finds the graphs by key instead of exporting again
     before = {t: p.stat().st_mtime_ns for t, p in graphs.items()}
     again = ensure_tier_graphs(backbone, tmp_path)
@@ -123,8 +142,5 @@ def test_efficientnet_tiers_export_and_match_torch(tmp_path: Path) -> None:
 def test_sessions_use_the_cpu_provider_without_a_gpu(model: MnerModel, graphs: Path) -> None:
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA; the CPU-only path is what is tested here")
-    graph = ensure_text_graph(model, graphs)
-    pipe = OnnxPipeline(
-        model, graph, FakeBackbone, name="c", version="0", trained=False, threshold=0.5, threads=1
-    )
-    assert pipe.text_session.get_providers() == ["CPUExecutionProvider"]
+    session = make_session(ensure_text_graph(model, graphs), threads=1)
+    assert session.get_providers() == ["CPUExecutionProvider"]

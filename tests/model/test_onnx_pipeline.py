@@ -1,6 +1,8 @@
 """ONNX Runtime backend against the torch pipeline: same scores within a stated tolerance, same decoded
-entities and relations, on tweets with emoji, URLs, mentions and very short posts; batched text encoding
-gives each post what it gets alone; graphs shipped in ``artifacts/onnx`` are used instead of the cache.
+entities and relations, on tweets with emoji, URLs, mentions and very short posts, text-only and with
+vision on (every stage a graph: decide, query, items, fuse, padded selections included); batched text
+encoding gives each post what it gets alone; bundles shipped in ``artifacts/onnx`` are used instead of
+the cache, and stale ones are not.
 
 Tolerance: ORT fuses and reorders the fp32 encoder's ops, so values differ from torch by ~1e-6 here;
 we assert ``ATOL`` = 1e-4 on gate probabilities, text logits and unit vectors, and exact equality of the
@@ -10,6 +12,8 @@ decoded spans, labels and relation (scores to 1e-4).
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -24,21 +28,14 @@ from PIL import Image
 from model.artifacts import ArtifactInfo, load_artifacts, save_artifacts, threshold_from_calibration
 from model.config import SaverConfig
 from model.gate import VisionMode
+from model.graph_bundle import BUNDLE, OnnxOptions
 from model.head import EnergyHead
 from model.inference import TorchPipeline
-from model.loading import MNRE_RELATIONS, OnnxOptions, load_pipeline
+from model.loading import MNRE_RELATIONS
 from model.lora import LoRALinear
 from model.mner import MnerModel
 from model.mre import MreModel
-from model.onnx_export import (
-    EVIDENCE_GRAPH,
-    MANIFEST,
-    TEXT_GRAPH,
-    GraphDir,
-    ensure_tier_graphs,
-    evidence_graph_key,
-)
-from model.onnx_pipeline import OnnxBackbone, OnnxPipeline, available_cpus, onnx_pipeline
+from model.onnx_pipeline import OnnxPipeline, available_cpus, load_onnx_pipeline, onnx_pipeline
 from model.pipeline import MnerResult, MreResult, SaverPipeline, TextRequest
 from model.runner import run_pipeline
 from model.text_encoder import TextEncoder
@@ -78,28 +75,16 @@ def pipelines(
     torch_pipe = TorchPipeline(
         model, lambda: backbone, name="t", version="0", trained=False, threshold=THRESHOLD
     )
-    built = onnx_pipeline(
-        model,
-        ArtifactInfo(name="o"),
-        threshold=THRESHOLD,
-        cache_dir=cache,
-        threads=1,
-        release_encoder=False,
-    )
-    graphs = ensure_tier_graphs(backbone, cache / "vision-fake", key="fake")
-    onnx_pipe = OnnxPipeline(
-        model,
-        built.text_graph,
-        lambda: OnnxBackbone(backbone, graphs, threads=1),
-        name="o",
-        version="0",
-        trained=False,
-        threshold=THRESHOLD,
-        threads=1,
-        evidence_graph=cache / f"evidence-{evidence_graph_key(model.encoder)}" / EVIDENCE_GRAPH,
+    onnx_pipe = onnx_pipeline(
+        model, ArtifactInfo(name="o"), threshold=THRESHOLD, cache_dir=cache, threads=1, backbone=backbone
     )
     assert onnx_pipe.evidence_session is not None  # evidence text (backbone tags) goes through ONNX too
     return torch_pipe, onnx_pipe
+
+
+def arr(x: Any) -> np.ndarray:
+    """A torch tensor (torch pipeline) or an array (ONNX pipeline) as an array."""
+    return x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +102,10 @@ def mre_pair(
     encoder: TextEncoder, wake: Callable[[EnergyHead], None], tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[TorchPipeline, OnnxPipeline]:
     torch.manual_seed(0)
-    cfg = SaverConfig(task="mre", labels=list(MNRE_RELATIONS), pair_rule="noisy_or")
+    # ISAB blocks and R' < R region tokens: the fuse graph's other branches
+    cfg = SaverConfig(
+        task="mre", labels=list(MNRE_RELATIONS), pair_rule="noisy_or", set_inducing=2, top_regions=2
+    )
     model = MreModel(cfg, encoder=copy.deepcopy(encoder)).eval()
     randomise(model, wake)
     return pipelines(model, tmp_path_factory.mktemp("onnx-mre"), FakeBackbone())
@@ -152,7 +140,7 @@ def test_mner_text_stage_matches_torch(mner_pair: tuple[TorchPipeline, OnnxPipel
     assert a.units == b.units and len(a.units) > 0
     np.testing.assert_allclose(a.gate, b.gate, atol=ATOL)
     for name in ("units", "text_logits"):
-        np.testing.assert_allclose(getattr(a.state, name).numpy(), getattr(b.state, name).numpy(), atol=ATOL)
+        np.testing.assert_allclose(arr(getattr(a.state, name)), arr(getattr(b.state, name)), atol=ATOL)
 
 
 @pytest.mark.parametrize("mode", ["never", "always"])
@@ -192,7 +180,7 @@ def test_mre_decodes_the_same_relation(
             onnx_pipe.encode_text(text=text, head=head, tail=tail),
         )
         np.testing.assert_allclose(ta.gate, tb.gate, atol=ATOL)
-        np.testing.assert_allclose(ta.state.text_logits.numpy(), tb.state.text_logits.numpy(), atol=ATOL)
+        np.testing.assert_allclose(arr(ta.state.text_logits), arr(tb.state.text_logits), atol=ATOL)
         a = staged(torch_pipe, mode, images, text=text, head=head, tail=tail)
         b = staged(onnx_pipe, mode, images, text=text, head=head, tail=tail)
         assert isinstance(a, MreResult) and isinstance(b, MreResult)
@@ -218,7 +206,7 @@ def test_batched_text_encoding_equals_one_by_one(
             assert (together.text, together.units) == (alone.text, alone.units)
             np.testing.assert_allclose(together.gate, alone.gate, atol=ATOL)
             np.testing.assert_allclose(
-                together.state.text_logits.numpy(), alone.state.text_logits.numpy(), atol=ATOL
+                arr(together.state.text_logits), arr(alone.state.text_logits), atol=ATOL
             )
 
 
@@ -231,47 +219,82 @@ def test_vision_tiers_match_torch(mner_pair: tuple[TorchPipeline, OnnxPipeline])
         assert x.tags == y.tags
     da, db = torch_pipe.detail(images[:2]), onnx_pipe.detail(images[:2])
     for u, v in zip(da, db, strict=True):
-        np.testing.assert_allclose(u.payload["regions"].numpy(), v.payload["regions"].numpy(), atol=ATOL)
-        np.testing.assert_allclose(u.payload["text"].numpy(), v.payload["text"].numpy(), atol=ATOL)
+        for key in ("image", "regions", "text"):
+            np.testing.assert_allclose(arr(u.payload[key]), arr(v.payload[key]), atol=ATOL)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, math.inf])
+def test_the_decide_graph_matches_torch(
+    mner_pair: tuple[TorchPipeline, OnnxPipeline], threshold: float
+) -> None:
+    torch_pipe, onnx_pipe = mner_pair
+    torch_pipe._threshold = onnx_pipe._threshold = threshold
+    try:
+        for tweet in TWEETS:
+            a, b = torch_pipe.encode_text(text=tweet), onnx_pipe.encode_text(text=tweet)
+            for mode in ("auto", "always", "never"):
+                np.testing.assert_array_equal(torch_pipe.activation(a, mode), onnx_pipe.activation(b, mode))
+    finally:
+        torch_pipe._threshold = onnx_pipe._threshold = THRESHOLD
+
+
+@pytest.mark.parametrize("n_images", [1, 2, 5])
+def test_fuse_matches_torch_with_padded_selections_and_missing_images(
+    mner_pair: tuple[TorchPipeline, OnnxPipeline], mre_pair: tuple[TorchPipeline, OnnxPipeline], n_images: int
+) -> None:
+    """One image gives every unit fewer images than ``select_k`` (the fuse graph's padding); an image that
+    did not arrive makes the units that selected it fall back to text, in both backends alike."""
+    images = make_images(n_images, seed=4)
+    for (torch_pipe, onnx_pipe), kwargs in (
+        (mner_pair, {"text": TWEETS[0]}),
+        (mre_pair, {"text": PAIRS[0][0], "head": PAIRS[0][1], "tail": PAIRS[0][2]}),
+    ):
+        answers = []
+        for pipe in (torch_pipe, onnx_pipe):
+            text = pipe.encode_text(**kwargs)
+            on = pipe.activation(text, "always")
+            screened = pipe.screen(images)
+            chosen = pipe.select(text, on, screened)
+            wanted = sorted({i for sel in chosen for i in sel})
+            arrived = wanted[:-1] if n_images == 5 else wanted  # the last selected image "timed out"
+            details = dict(zip(arrived, pipe.detail([images[i] for i in arrived]), strict=True))
+            answers.append((chosen, pipe.fuse(text, on, chosen, details, dict(enumerate(screened)))))
+        (chosen_t, a), (chosen_o, b) = answers
+        assert chosen_t == chosen_o
+        if isinstance(a, MnerResult):
+            assert_same_entities(a, b)
+        else:
+            assert isinstance(b, MreResult)
+            assert (a.relation, a.activated, a.images) == (b.relation, b.activated, b.images)
+            assert [s for _, s in a.top] == pytest.approx([s for _, s in b.top], abs=ATOL)
 
 
 @pytest.fixture
-def saved_mner(
-    encoder: TextEncoder, wake: Callable[[EnergyHead], None], tmp_path: Path
-) -> Iterator[tuple[Path, TextEncoder]]:
+def saved_mner(encoder: TextEncoder, wake: Callable[[EnergyHead], None], tmp_path: Path) -> Iterator[Path]:
     torch.manual_seed(1)
     model = MnerModel(SaverConfig(), encoder=copy.deepcopy(encoder)).eval()
     randomise(model, wake)
     save_artifacts(model, tmp_path / "art", ArtifactInfo(name="saved", trained=True))
-    yield tmp_path / "art", copy.deepcopy(encoder)
+    yield tmp_path / "art"
 
 
-def test_graphs_in_the_artifacts_are_used_and_stale_ones_are_not(
-    saved_mner: tuple[Path, TextEncoder], tmp_path: Path
-) -> None:
-    art, enc = saved_mner
+def test_bundles_in_the_artifacts_are_used_and_stale_ones_are_not(saved_mner: Path, tmp_path: Path) -> None:
+    art = saved_mner
     cache = tmp_path / "cache"
-    first = load_pipeline(
-        art, "mner", encoder=enc, backend="onnx", onnx=OnnxOptions(cache_dir=cache, threads=1)
-    )
-    assert isinstance(first, OnnxPipeline) and first.text_graph.parent.parent == cache
-    # what `saver export --onnx` leaves behind: the same graphs inside the artifact directory
-    shipped = GraphDir(art / "onnx")
-    shipped.path.mkdir()
-    assert first.evidence_graph is not None
-    for graph in (first.text_graph, first.evidence_graph):
-        shutil.copy(graph, shipped.path / graph.name)
-        shipped.record(graph.name, GraphDir(graph.parent).manifest()[graph.name])
-    shutil.rmtree(cache)
     options = OnnxOptions(cache_dir=cache, threads=1)
-    second = load_pipeline(art, "mner", encoder=copy.deepcopy(enc), backend="onnx", onnx=options)
-    assert isinstance(second, OnnxPipeline) and second.text_graph == art / "onnx" / TEXT_GRAPH
-    assert not cache.exists()
-    # a manifest recorded for other weights is never trusted
-    (art / "onnx" / MANIFEST).write_text('{"text.onnx": "someone-elses-weights"}')
-    third = load_pipeline(art, "mner", encoder=copy.deepcopy(enc), backend="onnx", onnx=options)
-    assert isinstance(third, OnnxPipeline) and third.text_graph.parent.parent == cache
-    model, info = load_artifacts(art, copy.deepcopy(enc))
+    first = load_onnx_pipeline("mner", art, options)  # built (torch is installed here) into the cache
+    assert first.bundle.path.parent == cache and first.name == "saved" and first.trained
+    # what `saver export --onnx` leaves behind: the bundle (and its shared siblings) in the artifacts
+    shutil.copytree(cache, art / "onnx")
+    shutil.rmtree(cache)
+    second = load_onnx_pipeline("mner", art, options)
+    assert second.bundle.path.parent == art / "onnx" and not cache.exists()
+    # a bundle recorded for other weights is never trusted
+    record = json.loads((second.bundle.path / BUNDLE).read_text())
+    (second.bundle.path / BUNDLE).write_text(json.dumps({**record, "key": "someone-elses-weights"}))
+    third = load_onnx_pipeline("mner", art, options)
+    assert third.bundle.path.parent == cache
+    model, info = load_artifacts(art)
     threshold = threshold_from_calibration(info.calibration)
     assert first.threshold == second.threshold == third.threshold == threshold
     reference = TorchPipeline(model, FakeBackbone, name="t", version="0", trained=True, threshold=threshold)
@@ -279,22 +302,36 @@ def test_graphs_in_the_artifacts_are_used_and_stale_ones_are_not(
     np.testing.assert_allclose(
         third.encode_text(text=tweet).gate, reference.encode_text(text=tweet).gate, atol=ATOL
     )
+    with pytest.raises(ValueError, match="mner model, expected mre"):
+        load_onnx_pipeline("mre", art, options)
 
 
-def test_the_built_pipeline_frees_the_torch_encoder_and_still_agrees(
+def test_a_model_in_memory_finds_its_bundle_by_its_weights(
     mner_pair: tuple[TorchPipeline, OnnxPipeline],
 ) -> None:
     torch_pipe, onnx_pipe = mner_pair
-    cache = onnx_pipe.text_graph.parent.parent
+    cache = onnx_pipe.bundle.path.parent
     model = copy.deepcopy(torch_pipe.model)
-    # graphs found by key
-    built = onnx_pipeline(model, ArtifactInfo(name="b"), threshold=THRESHOLD, cache_dir=cache, threads=1)
-    assert built.text_graph == onnx_pipe.text_graph
-    assert all(p.is_meta for p in model.encoder.bert.parameters())
-    for tweet in TWEETS[:2]:
-        np.testing.assert_allclose(
-            built.encode_text(text=tweet).gate, torch_pipe.encode_text(text=tweet).gate, atol=ATOL
-        )
+    built = onnx_pipeline(
+        model,
+        ArtifactInfo(name="b"),
+        threshold=THRESHOLD,
+        cache_dir=cache,
+        threads=1,
+        backbone=FakeBackbone(),
+    )
+    assert built.bundle.path == onnx_pipe.bundle.path  # found, not exported again
+    with torch.no_grad():
+        model.span_rep.width_embedding.weight.add_(1e-3)
+    other = onnx_pipeline(
+        model,
+        ArtifactInfo(name="c"),
+        threshold=THRESHOLD,
+        cache_dir=cache,
+        threads=1,
+        backbone=FakeBackbone(),
+    )
+    assert other.bundle.path != onnx_pipe.bundle.path
 
 
 def test_available_cpus_respects_the_affinity_mask() -> None:
