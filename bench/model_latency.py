@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     pipe = load_pipeline(args.artifacts, "mner") if args.artifacts else untrained_pipeline("mner")
+    assert isinstance(pipe, TorchPipeline)  # the torch backend: this benchmark reads the model itself
     images, image_source = load_images(args.images, 2, seed=0)
     pipe.backbone  # noqa: B018  built lazily; build it before timing
     variants: dict[str, Callable[[TorchPipeline, list[Image.Image]], dict[str, float]]] = {

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.answer import ANSWERS, evidence_text, request_pairs, request_words, softmax, used_images
+from model.answer import evidence_text, request_pairs, request_words, softmax, used_images
 from model.base import SaverBase, TextUnits
 from model.evidence import PostEvidence
 from model.gate import VisionMode
@@ -174,7 +174,7 @@ class TorchPipeline:
         gamma = torch.tensor([bool(sel) for sel in used], dtype=torch.bool)
         scores = self.model.score(result.state, gamma, [evidence], selected=local)
         probs = softmax(scores.logits.float().numpy())
-        return ANSWERS[self.task](result, probs, activated, used, self.labels)
+        return self.model.result(result, torch.from_numpy(probs), activated, used)  # model/answer.py
 
 
 def _stack_evidence(payloads: list[dict[str, torch.Tensor | None]]) -> PostEvidence:

@@ -36,7 +36,9 @@ def runtime_requirements(pyproject: Path, gpu: bool = False, lean: bool = False)
     if lean:
         if gpu:
             raise ValueError("--lean is the CPU image's runtime set; the GPU image keeps torch")
-        excludes = {distribution_name(n) for n in data.get("tool", {}).get("saver", {}).get("lean-excludes", [])}
+        excludes = {
+            distribution_name(n) for n in data.get("tool", {}).get("saver", {}).get("lean-excludes", [])
+        }
         if not excludes:
             raise ValueError(f"{pyproject} has no [tool.saver] lean-excludes")
         unknown = excludes - {distribution_name(r) for r in requirements}
