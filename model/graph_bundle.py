@@ -2,7 +2,8 @@
 
 ``ROOT/<task>-<key>/bundle.json`` names every graph of the task (text, decide, query, items, fuse; the
 evidence-text encoder and the vision tiers live in sibling directories shared by both tasks), the
-tokenizer file, the vision backbone's preprocessing and tag names, and what the glue needs of the config.
+lookup tables those graphs read as inputs (``ROOT/tables/``, one file per distinct table: see
+model/gather_tables.py), the tokenizer file, the vision backbone's preprocessing and tag names, and what the glue needs of the config.
 ``key`` is ``artifact_key`` of the artifact directory (a hash of its config and weights), so a worker
 without torch finds its graphs by hashing two files; a model built in memory is keyed by its weights'
 hash instead. ``bundle.json`` is written last: a directory without it is an interrupted export.
@@ -21,8 +22,9 @@ from typing import Any
 
 DEFAULT_CACHE_DIR = Path(".cache/onnx")  # relative to the working directory; SAVER_ONNX_CACHE_DIR overrides
 BUNDLE = "bundle.json"
-BUNDLE_FORMAT = 1  # bump when a graph's inputs, outputs or meaning change: old bundles stop matching
+BUNDLE_FORMAT = 2  # bump when a graph's inputs, outputs or meaning change: old bundles stop matching
 EXPORT_COMMAND = "saver export-graphs --out DIR"
+TABLES_DIR = "tables"  # ROOT/tables/<digest>.npy: lookup tables several graphs read (model/gather_tables.py)
 
 
 @dataclass
@@ -58,7 +60,8 @@ class Bundle:
     def files(self) -> list[Path]:
         graphs = [self.graph(n) for n, f in self.record["graphs"].items() if f is not None]
         vision = [self.vision_graph(t) for t in self.record["vision"]["graphs"]]
-        return [*graphs, *vision, self.path / self.record["tokenizer"]["file"]]
+        tables = [(self.path / t).resolve() for t in self.record["tables"]]
+        return [*graphs, *vision, *tables, self.path / self.record["tokenizer"]["file"]]
 
 
 def bundle_dir(root: Path, task: str, key: str) -> Path:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 
 from model.artifacts import stored_state
 from model.base import SaverBase
+from model.gather_tables import atomic_write, copy_table_metadata
 from model.graph_bundle import DEFAULT_CACHE_DIR as DEFAULT_CACHE_DIR  # re-exported
 from model.lora import merge_lora, strip_lora
 from model.text_encoder import TextEncoder, file_sha256
@@ -92,16 +92,7 @@ class EvidenceTextGraph(nn.Module):
 
 def _atomic_export(write: Any, path: Path) -> None:
     """Write to a temporary file and rename: concurrent workers building one cache never see half a graph."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users (e.g. a serving user) read the cache too
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, write)
 
 
 def export_text_graph(model: SaverBase, path: Path) -> None:
@@ -207,6 +198,7 @@ def quantize_text_graph(src: Path, dst: Path) -> None:
         ),
         dst,
     )
+    copy_table_metadata(src, dst)  # a text graph whose word table is an input (model/gather_tables.py)
     log.info("quantised the encoder of %s to int8 at %s", src.name, dst)
 
 

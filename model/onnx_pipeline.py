@@ -38,6 +38,7 @@ from model.artifact_files import (
     read_json,
     threshold_from_calibration,
 )
+from model.gather_tables import gather_feeds
 from model.graph_bundle import DEFAULT_CACHE_DIR, EXPORT_COMMAND, Bundle, OnnxOptions, find_bundle
 from model.heap import release_freed_heap
 from model.pipeline import (
@@ -108,6 +109,28 @@ def make_session(path: Path, threads: int | None = None, arena: bool = True) -> 
         return session
 
 
+class GraphSession(ort.InferenceSession):
+    """A session that feeds its graph's shared lookup tables itself (model/gather_tables.py): callers see
+    and feed only the graph's other inputs."""
+
+    def __init__(self, path: Path, options: ort.SessionOptions, providers: list[str]) -> None:
+        super().__init__(str(path), options, providers=providers)
+        tables: dict[str, Any] = gather_feeds(path, self.get_modelmeta().custom_metadata_map)
+        if "CUDAExecutionProvider" in self.get_providers():  # upload once, not on every run
+            tables = {
+                k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), "cuda", 0)
+                for k, v in tables.items()
+            }
+        self._tables = tables
+
+    def get_inputs(self) -> list[Any]:
+        return [i for i in super().get_inputs() if i.name not in self._tables]
+
+    def run(self, output_names: Any, input_feed: dict[str, Any], run_options: Any = None) -> Any:
+        feeds = {**input_feed, **self._tables} if self._tables else input_feed
+        return super().run(output_names, feeds, run_options)
+
+
 def _new_session(path: Path, threads: int | None, arena: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = arena
@@ -118,7 +141,7 @@ def _new_session(path: Path, threads: int | None, arena: bool = True) -> ort.Inf
     # Python work around each run (tokenising, decoding, HTTP) and from the other sessions (measured in
     # README, issue 13: P50 and P90 both lower with spinning off)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=providers())
+    return GraphSession(path, options, providers())
 
 
 def _run(session: ort.InferenceSession, **feeds: np.ndarray | None) -> list[np.ndarray]:

@@ -24,7 +24,16 @@ from torch import nn
 from model.artifact_files import artifact_key
 from model.base import VISION_MODES, SaverBase
 from model.evidence import PostEvidence
-from model.graph_bundle import BUNDLE_FORMAT, Bundle, bundle_dir, find_bundle, read_bundle, write_record
+from model.gather_tables import share_gather_tables
+from model.graph_bundle import (
+    BUNDLE_FORMAT,
+    TABLES_DIR,
+    Bundle,
+    bundle_dir,
+    find_bundle,
+    read_bundle,
+    write_record,
+)
 from model.onnx_export import (
     OPSET,
     TEXT_GRAPH,
@@ -226,6 +235,15 @@ def export_bundle(
     if "text" in names:
         ev_dir = root / f"evidence-{evidence_graph_key(model.encoder)}"
         evidence = ensure_evidence_graph(model.encoder, ev_dir)
+    # the word-embedding table, held by the text and evidence graphs alike, is stored once under ``root``
+    tables = sorted(
+        {
+            table
+            for graph in [directory / TEXT_GRAPH, *([directory / TEXT_GRAPH_INT8] if quantize else [])]
+            + ([] if evidence is None else [evidence])
+            for table in share_gather_tables(graph, root / TABLES_DIR)
+        }
+    )
     tokenizer = model.encoder.tokenizer
     (directory / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str())
     vocabulary = backbone.tag_vocabulary
@@ -267,6 +285,7 @@ def export_bundle(
             "fuse": "fuse.onnx",
             "evidence": None if evidence is None else rel(evidence),
         },
+        "tables": [rel(table) for table in tables],
         "vision": {
             "name": backbone.name,
             "dim": backbone.dim,

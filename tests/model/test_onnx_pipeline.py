@@ -260,7 +260,9 @@ def test_fuse_matches_torch_with_padded_selections_and_missing_images(
             details = dict(zip(arrived, pipe.detail([images[i] for i in arrived]), strict=True))
             answers.append((chosen, pipe.fuse(text, on, chosen, details, dict(enumerate(screened)))))
         (chosen_t, a), (chosen_o, b) = answers
-        assert chosen_t == chosen_o
+        # the same images per unit; the order of two picks whose gains tie to ~1e-7 may differ between
+        # backends (their unit vectors agree to ~1e-6), and fuse pools a set, so only the set is compared
+        assert [sorted(s) for s in chosen_t] == [sorted(s) for s in chosen_o]
         if isinstance(a, MnerResult):
             assert_same_entities(a, b)
         else:
