@@ -71,7 +71,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Hashing and mapping the index run in a worker thread; never fatal (knowledge/handle.py).
         await knowledge.load_async()
-        if settings.torch_threads:
+        # the torch backend only: deployments set it from their CPU limit whatever the backend, and the
+        # ONNX worker of the CPU image has no torch to import
+        if settings.torch_threads and settings.backend == "torch":
             import torch
 
             torch.set_num_threads(settings.torch_threads)

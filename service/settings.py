@@ -46,7 +46,9 @@ class Settings(BaseSettings):
         default=True, description="Run one full text + vision pass per model before turning ready."
     )
     torch_threads: int | None = Field(
-        default=None, ge=1, description="torch intra-op threads per worker (None: leave torch's default)."
+        default=None,
+        ge=1,
+        description="torch intra-op threads per worker, torch backend only (None: leave torch's default).",
     )
     backend: Literal["onnx", "torch"] = Field(
         default="onnx",

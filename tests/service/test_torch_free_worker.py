@@ -43,6 +43,7 @@ def _env(graphs: Path, blocked_log: Path) -> dict[str, str]:
         "SAVER_MRE_ARTIFACTS": str(ARTIFACTS["mre"]),
         "SAVER_ONNX_CACHE_DIR": str(graphs),
         "SAVER_WORKERS": "1",
+        "SAVER_TORCH_THREADS": "2",  # as compose and the k8s deployment set it: ignored, never imports torch
         "SAVER_FAKE_MODEL": "false",
         "PYTHONPATH": path,
         "SAVER_BLOCKED_IMPORTS": str(blocked_log),
